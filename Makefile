@@ -1,0 +1,47 @@
+# Two entry points do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Slow tests run in their own target; the default suite stays fast on a 2-core CPU.
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-slow test-all lint format bench-generate clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.installed-runtime: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed-runtime
+
+## The main job: the best end-to-end run the framework has (see README).
+demo: $(VENV)/.installed-runtime
+	$(PY) experiments/demo.py
+
+## Lint, then the default (fast) test suite.
+test: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed-test
+	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
+
+test-all: $(VENV)/.installed-test
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

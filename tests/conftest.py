@@ -1,0 +1,11 @@
+"""Shared test set-up: strict numerics so shape bugs fail loudly instead of broadcasting."""
+
+import os
+
+# Tests run on the CPU only, whatever the machine has.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_default_matmul_precision", "highest")
