@@ -9,3 +9,15 @@ import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Deterministic property tests: the same examples on every run and machine.
+settings.register_profile(
+    "default",
+    deadline=None,
+    max_examples=25,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("default")

@@ -53,7 +53,7 @@ def kl_penalty(logp_BxT, ref_logp_BxT, *, estimator: str = "k1", mask_BxT=None) 
 
 def last_valid_index(mask_BxT) -> jnp.ndarray:
     """Index of each row's last valid token (0 for a row with none)."""
-    positions = jnp.arange(mask_BxT.shape[-1])
+    positions = jnp.broadcast_to(jnp.arange(mask_BxT.shape[-1]), mask_BxT.shape)
     return jnp.max(jnp.where(mask_BxT, positions, 0), axis=-1)
 
 
@@ -85,7 +85,7 @@ def kl_shaped_rewards(
         estimator=estimator,
         mask_BxT=mask_BxT,
     )
-    is_last_BxT = (jnp.arange(shape[1]) == last_valid_index(mask_BxT)[:, None]) & mask_BxT
+    is_last_BxT = (jnp.arange(shape[1])[None, :] == last_valid_index(mask_BxT)[:, None]) & mask_BxT
     scores = upcast(scores_B, dtype)[:, None]
     rewards_BxT = -jnp.asarray(kl_coef, dtype) * kl_BxT + jnp.where(is_last_BxT, scores, 0)
     return rewards_BxT, kl_BxT
