@@ -1,0 +1,77 @@
+"""Causal LMs (Llama, Qwen2, GPT-2, GPT-NeoX/Pythia) in Flax NNX, scalar heads, HF import/export.
+
+Interface used by every phase (training steps, PPO rollouts, evaluation). Letters: B batch,
+T time, D width, V vocabulary.
+
+    model = load_pretrained("path/to/hf_dir", dtype="bfloat16", param_dtype="float32")
+    graphdef, params = nnx.split(model)          # outside jit
+    ...
+    model = nnx.merge(graphdef, params)           # inside the jitted step
+    logits_BxTxV = model(tokens_BxT, positions_BxT=positions_BxT, attn_mask_BxT=mask_BxT)
+
+- `attn_mask_BxT` is True at real tokens; `positions_BxT` are position ids, usually
+  `positions_from_mask(mask_BxT)`, so left- or right-padded rows give the logits of the
+  unpadded sequence at their real tokens. Logits are float32 whatever the compute dtype;
+  `logits[:, t]` is the distribution of token t + 1.
+- `CausalLM.hidden_states(...)` → final-normed (B, T, D); `CausalLM.logits(h)` → (B, T, V).
+- `CausalLM.decode(tokens_BxT, positions_BxT=, attn_mask_BxT=, cache=)` → (logits, cache):
+  incremental decoding against a preallocated `KVCache` (`model.init_cache(B, S)`), used by
+  `rlhf_jax.generation`.
+- `ScalarModel` (reward model or separate critic): `model(...)` → per-token scalars (B, T);
+  `model.score(...)` → (B,) at each row's last valid token. `PolicyValueModel`: policy and value
+  head on one trunk, `model(...)` → (logits_BxTxV, values_BxT).
+- Parameters are `nnx.Param`s whose `out_sharding` metadata holds logical axis names
+  (`transformer.LOGICAL_AXES`: vocab, embed, heads, kv_heads, head_dim, mlp, positions) for the
+  sharding rules to map onto mesh axes.
+- `load_pretrained` / `load_scalar_model` / `save_pretrained` read and write HF checkpoint
+  directories (config.json + safetensors, sharded or not); `load_tokenizer` and
+  `encode_prompts` handle tokenizers and chat templates.
+"""
+
+from rlhf_jax.models.config import ModelConfig, RopeScaling, from_hf_dict, to_hf_dict
+from rlhf_jax.models.heads import (
+    PolicyValueModel,
+    ScalarHead,
+    ScalarModel,
+    at_last_valid,
+    last_valid_index,
+)
+from rlhf_jax.models.hf_io import (
+    CheckpointError,
+    load_config,
+    load_pretrained,
+    load_scalar_model,
+    save_pretrained,
+)
+from rlhf_jax.models.tokenizer import encode_prompts, load_tokenizer
+from rlhf_jax.models.transformer import (
+    LOGICAL_AXES,
+    CausalLM,
+    KVCache,
+    Transformer,
+    positions_from_mask,
+)
+
+__all__ = [
+    "LOGICAL_AXES",
+    "CausalLM",
+    "CheckpointError",
+    "KVCache",
+    "ModelConfig",
+    "PolicyValueModel",
+    "RopeScaling",
+    "ScalarHead",
+    "ScalarModel",
+    "Transformer",
+    "at_last_valid",
+    "encode_prompts",
+    "from_hf_dict",
+    "last_valid_index",
+    "load_config",
+    "load_pretrained",
+    "load_scalar_model",
+    "load_tokenizer",
+    "positions_from_mask",
+    "save_pretrained",
+    "to_hf_dict",
+]

@@ -1,0 +1,355 @@
+"""`ModelConfig`: one typed description of a causal-LM architecture, read from an HF config.json.
+
+The four supported families differ only in a handful of switches, so they share one config
+and one module family (`transformer.py`):
+
+    family     norm   positions          mlp            biases         residual   head
+    llama      RMS    RoPE (+ llama3)    SwiGLU         opt. q/k/v/o   sequential tied/untied
+    qwen2      RMS    RoPE               SwiGLU         q/k/v          sequential tied/untied
+    gpt2       Layer  learned            GELU (tanh)    all            sequential tied
+    gpt_neox   Layer  partial RoPE       GELU           all            parallel   untied
+
+`from_hf_dict` accepts both the transformers-5 layout (`rope_parameters`) and the older one
+(`rope_theta`/`rope_scaling`, NeoX `rotary_pct`/`rotary_emb_base`), since checkpoints on the hub
+were written by many versions. `to_hf_dict` writes the transformers-5 layout back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Literal
+
+import numpy as np
+
+ModelType = Literal["llama", "qwen2", "gpt2", "gpt_neox"]
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "gpt2", "gpt_neox")
+
+# HF activation names → ours. "gelu_tanh" is GPT-2's tanh approximation of GELU.
+_ACTIVATIONS = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "relu": "relu",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency rescaling for context extension (only the kinds that change `inv_freq`)."""
+
+    kind: Literal["linear", "llama3"]
+    factor: float  # every (linear) or the low (llama3) frequency is divided by this
+    low_freq_factor: float = 1.0  # llama3: wavelengths above orig_len/low are fully scaled
+    high_freq_factor: float = 4.0  # llama3: wavelengths below orig_len/high are left alone
+    original_max_position_embeddings: int = 8192  # llama3: the pre-extension context length
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a decoder-only LM. Hashable, so it can be a static jit argument."""
+
+    model_type: ModelType  # the HF family; decides the checkpoint layout in hf_io
+    vocab_size: int  # V: rows of the embedding / columns of the LM head
+    hidden_size: int  # D: residual stream width
+    num_layers: int  # number of transformer blocks
+    num_heads: int  # H: query heads
+    num_kv_heads: int  # KV: key/value heads (GQA when < H; each serves H // KV query heads)
+    head_dim: int  # K: width of one head
+    mlp_dim: int  # F: MLP hidden width
+    norm: Literal["rms", "layer"]  # RMSNorm (no bias, no centring) or LayerNorm
+    norm_eps: float  # epsilon inside the norm's rsqrt
+    activation: Literal["silu", "gelu", "gelu_tanh", "relu"]  # MLP nonlinearity
+    gated_mlp: bool  # SwiGLU-style down(act(gate(x)) * up(x)) instead of proj(act(fc(x)))
+    positions: Literal["rope", "learned"]  # rotary embedding or a learned position table
+    max_position_embeddings: int  # learned table size; for RoPE only a nominal context length
+    rope_theta: float = 10000.0  # RoPE base wavelength
+    rotary_dim: int = 0  # leading head dims that RoPE rotates (NeoX partial rotary); 0 = none
+    rope_scaling: RopeScaling | None = None  # context-extension rescaling of the frequencies
+    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2, GPT-2, NeoX)
+    out_bias: bool = False  # bias on the attention output projection
+    mlp_bias: bool = False  # biases on the MLP projections
+    parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln2 x) (GPT-NeoX)
+    tie_embeddings: bool = False  # LM head is the transposed token embedding
+    init_std: float = 0.02  # normal init of the weight matrices (HF `initializer_range`)
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()  # several for e.g. Llama-3 instruct models
+    pad_token_id: int | None = None
+    dtype: str = "float32"  # compute dtype of activations (e.g. "bfloat16")
+    param_dtype: str = "float32"  # storage dtype of parameters
+
+    def __post_init__(self):
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"model_type {self.model_type!r} is not supported; "
+                f"expected one of {SUPPORTED_MODEL_TYPES}"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                f"({self.num_kv_heads})"
+            )
+        if self.positions == "rope" and (self.rotary_dim <= 0 or self.rotary_dim % 2):
+            raise ValueError(f"rotary_dim must be a positive even number; got {self.rotary_dim}")
+        if self.rotary_dim > self.head_dim:
+            raise ValueError(f"rotary_dim {self.rotary_dim} exceeds head_dim {self.head_dim}")
+
+    @property
+    def rope_inv_freq(self) -> np.ndarray:
+        """Inverse frequencies θ^(−2i/d_rot), i < d_rot/2, after any scaling (float32, numpy)."""
+        dim = self.rotary_dim
+        inv_freq = 1.0 / (self.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+        inv_freq = inv_freq.astype(np.float32)
+        s = self.rope_scaling
+        if s is None:
+            return inv_freq
+        if s.kind == "linear":
+            return (inv_freq / s.factor).astype(np.float32)
+        # Llama 3.1 (https://github.com/meta-llama/llama-models): long wavelengths are divided
+        # by `factor`, short ones kept, and the band between them interpolated smoothly.
+        old_len = s.original_max_position_embeddings
+        low_wavelen = old_len / s.low_freq_factor
+        high_wavelen = old_len / s.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+        smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# HF config.json ⇄ ModelConfig
+
+
+def _require(d: dict, key: str, source: str) -> Any:
+    if key not in d or d[key] is None:
+        raise ValueError(f"{source}: required field {key!r} is missing")
+    return d[key]
+
+
+def _eos_ids(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(v) for v in value)
+
+
+def _activation(name: str, source: str, field: str) -> str:
+    if name not in _ACTIVATIONS:
+        raise ValueError(
+            f"{source}: {field}={name!r} is not supported; expected one of {sorted(_ACTIVATIONS)}"
+        )
+    return _ACTIVATIONS[name]
+
+
+def _rope(d: dict, source: str) -> tuple[float, float, RopeScaling | None]:
+    """(theta, partial_rotary_factor, scaling) from either config layout."""
+    params = dict(d.get("rope_parameters") or {})
+    old_scaling = d.get("rope_scaling") or {}
+    params = {**old_scaling, **params}
+    theta = params.get("rope_theta", d.get("rope_theta", d.get("rotary_emb_base", 10000.0)))
+    partial = params.get("partial_rotary_factor", d.get("partial_rotary_factor"))
+    if partial is None:
+        partial = d.get("rotary_pct", 1.0)
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        scaling = None
+    elif kind == "linear":
+        scaling = RopeScaling(kind="linear", factor=float(_require(params, "factor", source)))
+    elif kind == "llama3":
+        scaling = RopeScaling(
+            kind="llama3",
+            factor=float(_require(params, "factor", source)),
+            low_freq_factor=float(_require(params, "low_freq_factor", source)),
+            high_freq_factor=float(_require(params, "high_freq_factor", source)),
+            original_max_position_embeddings=int(
+                params.get("original_max_position_embeddings", d["max_position_embeddings"])
+            ),
+        )
+    else:
+        raise ValueError(
+            f"{source}: rope type {kind!r} is not supported; expected 'default', 'linear' "
+            "or 'llama3'"
+        )
+    return float(theta), float(partial), scaling
+
+
+def from_hf_dict(d: dict, *, source: str = "config.json", **overrides: Any) -> ModelConfig:
+    """Builds a `ModelConfig` from a parsed HF config.json; `overrides` replace fields after.
+
+    Raises ValueError naming the field for unknown `model_type` or unsupported options.
+    """
+    model_type = d.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{source}: model_type {model_type!r} is not supported; "
+            f"expected one of {SUPPORTED_MODEL_TYPES}"
+        )
+    common = dict(
+        model_type=model_type,
+        init_std=float(d.get("initializer_range", 0.02)),
+        bos_token_id=d.get("bos_token_id"),
+        eos_token_ids=_eos_ids(d.get("eos_token_id")),
+        pad_token_id=d.get("pad_token_id"),
+    )
+    if model_type == "gpt2":
+        for field, ok in [
+            ("scale_attn_by_inverse_layer_idx", False),
+            ("scale_attn_weights", True),
+            ("add_cross_attention", False),
+        ]:
+            if d.get(field, ok) != ok:
+                raise ValueError(f"{source}: gpt2 with {field}={d[field]!r} is not supported")
+        width = _require(d, "n_embd", source)
+        heads = _require(d, "n_head", source)
+        cfg = ModelConfig(
+            vocab_size=_require(d, "vocab_size", source),
+            hidden_size=width,
+            num_layers=_require(d, "n_layer", source),
+            num_heads=heads,
+            num_kv_heads=heads,
+            head_dim=width // heads,
+            mlp_dim=d.get("n_inner") or 4 * width,
+            norm="layer",
+            norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
+            activation=_activation(d.get("activation_function", "gelu_new"), source, "activation"),
+            gated_mlp=False,
+            positions="learned",
+            max_position_embeddings=_require(d, "n_positions", source),
+            qkv_bias=True,
+            out_bias=True,
+            mlp_bias=True,
+            tie_embeddings=bool(d.get("tie_word_embeddings", True)),
+            **common,
+        )
+        return cfg.replace(**overrides)
+
+    width = _require(d, "hidden_size", source)
+    heads = _require(d, "num_attention_heads", source)
+    head_dim = d.get("head_dim") or width // heads
+    theta, partial, scaling = _rope(d, source)
+    if model_type == "gpt_neox":
+        bias = bool(d.get("attention_bias", True))
+        arch = dict(
+            num_kv_heads=heads,
+            norm="layer",
+            norm_eps=float(d.get("layer_norm_eps", 1e-5)),
+            activation=_activation(d.get("hidden_act", "gelu"), source, "hidden_act"),
+            gated_mlp=False,
+            qkv_bias=bias,
+            out_bias=bias,
+            mlp_bias=True,
+            parallel_residual=bool(d.get("use_parallel_residual", True)),
+            tie_embeddings=bool(d.get("tie_word_embeddings", False)),
+        )
+    else:  # llama, qwen2
+        if model_type == "qwen2" and d.get("use_sliding_window"):
+            raise ValueError(f"{source}: qwen2 with use_sliding_window=true is not supported")
+        attention_bias = bool(d.get("attention_bias", False))
+        arch = dict(
+            num_kv_heads=d.get("num_key_value_heads") or heads,
+            norm="rms",
+            norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            activation=_activation(d.get("hidden_act", "silu"), source, "hidden_act"),
+            gated_mlp=True,
+            qkv_bias=model_type == "qwen2" or attention_bias,
+            out_bias=attention_bias,
+            mlp_bias=bool(d.get("mlp_bias", False)),
+            tie_embeddings=bool(d.get("tie_word_embeddings", False)),
+        )
+    cfg = ModelConfig(
+        vocab_size=_require(d, "vocab_size", source),
+        hidden_size=width,
+        num_layers=_require(d, "num_hidden_layers", source),
+        num_heads=heads,
+        head_dim=head_dim,
+        mlp_dim=_require(d, "intermediate_size", source),
+        positions="rope",
+        max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
+        rope_theta=theta,
+        # int() truncation as in HF, so e.g. Pythia's 0.25 × 64 and odd products agree.
+        rotary_dim=int(head_dim * partial),
+        rope_scaling=scaling,
+        **arch,
+        **common,
+    )
+    return cfg.replace(**overrides)
+
+
+_HF_ACT = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+
+
+def to_hf_dict(cfg: ModelConfig, *, architecture: str) -> dict:
+    """An HF config.json (transformers-5 layout) describing `cfg`, for `architecture`."""
+    ids = dict(
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=(
+            None
+            if not cfg.eos_token_ids
+            else cfg.eos_token_ids[0]
+            if len(cfg.eos_token_ids) == 1
+            else list(cfg.eos_token_ids)
+        ),
+        pad_token_id=cfg.pad_token_id,
+        tie_word_embeddings=cfg.tie_embeddings,
+        initializer_range=cfg.init_std,
+        dtype=cfg.param_dtype,
+    )
+    head = dict(model_type=cfg.model_type, architectures=[architecture], vocab_size=cfg.vocab_size)
+    if cfg.model_type == "gpt2":
+        return dict(
+            **head,
+            n_embd=cfg.hidden_size,
+            n_layer=cfg.num_layers,
+            n_head=cfg.num_heads,
+            n_inner=cfg.mlp_dim,
+            n_positions=cfg.max_position_embeddings,
+            activation_function=_HF_ACT[cfg.activation],
+            layer_norm_epsilon=cfg.norm_eps,
+            **ids,
+        )
+    rope: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
+    if cfg.rotary_dim != cfg.head_dim:
+        rope["partial_rotary_factor"] = cfg.rotary_dim / cfg.head_dim
+    if cfg.rope_scaling is not None:
+        rope.update(dataclasses.asdict(cfg.rope_scaling))
+        rope["rope_type"] = rope.pop("kind")
+    common = dict(
+        **head,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.mlp_dim,
+        hidden_act=_HF_ACT[cfg.activation],
+        max_position_embeddings=cfg.max_position_embeddings,
+        rope_parameters=rope,
+        **ids,
+    )
+    if cfg.model_type == "gpt_neox":
+        if cfg.qkv_bias != cfg.out_bias or not cfg.mlp_bias:
+            raise ValueError("gpt_neox export needs qkv_bias == out_bias and mlp_bias=True")
+        return dict(
+            **common,
+            layer_norm_eps=cfg.norm_eps,
+            use_parallel_residual=cfg.parallel_residual,
+            attention_bias=cfg.qkv_bias,
+        )
+    out = dict(
+        **common,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        rms_norm_eps=cfg.norm_eps,
+    )
+    if cfg.model_type == "llama":
+        if cfg.qkv_bias != cfg.out_bias:
+            raise ValueError("llama export needs qkv_bias == out_bias (HF `attention_bias`)")
+        out.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+    return out

@@ -1,0 +1,122 @@
+"""Scalar heads on the transformer trunk: reward models and value functions (critics).
+
+A scalar head maps each final hidden state to one number, s_t = wᵀh_t (+ b):
+
+- reward model r(x, y): s read at the last valid token of prompt+response (Stiennon et al. 2020,
+  Ouyang et al. 2022). The head has no bias, as HF's `*ForSequenceClassification` heads, so a
+  trained reward model exports to HF unchanged (Bradley–Terry is invariant to a bias anyway).
+  Init N(0, 1/√(D+1)) (Huang et al. 2024, "The N+ implementation details of RLHF with PPO").
+- value function V(s_t): s at every token. Init w = 0, b = 0, so the first advantages are the
+  returns themselves rather than noise from a random head.
+
+Two ways to hold a critic, both supported:
+- `PolicyValueModel`: policy LM and value head share one trunk (cheaper; the value loss then
+  also moves the policy's features).
+- `ScalarModel(kind="value")`: a separate critic with its own trunk, what the TL;DR PPO
+  reproductions found more stable; typically initialised from the reward model
+  (`ScalarModel.from_trunk(reward_model.trunk, ...)`) or from the SFT LM.
+
+Letters: B batch, T time, D model width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.models.transformer import CausalLM, Transformer
+
+HeadKind = Literal["reward", "value"]
+
+
+class ScalarHead(nnx.Module):
+    """s_BxT = h_BxTxD · w (+ b), in float32."""
+
+    def __init__(self, config: ModelConfig, *, kind: HeadKind, rngs: nnx.Rngs):
+        d = config.hidden_size
+        pdt = jnp.dtype(config.param_dtype)
+        if kind == "reward":
+            kernel = jax.random.normal(rngs.params(), (d,), pdt) / jnp.sqrt(d + 1.0).astype(pdt)
+            self.bias = None
+        elif kind == "value":
+            kernel = jnp.zeros((d,), pdt)
+            self.bias = nnx.Param(jnp.zeros((), pdt), out_sharding=(), eager_sharding=False)
+        else:
+            raise ValueError(f"kind must be 'reward' or 'value'; got {kind!r}")
+        self.kernel = nnx.Param(kernel, out_sharding=("embed",), eager_sharding=False)
+        self.kind = kind
+
+    def __call__(self, h_BxTxD):
+        s = jnp.einsum(
+            "btd,d->bt", h_BxTxD.astype(jnp.float32), self.kernel[...].astype(jnp.float32)
+        )
+        if self.bias is not None:
+            s = s + self.bias[...].astype(jnp.float32)
+        return s
+
+
+def last_valid_index(mask_BxT):
+    """Index of each row's last True entry (0 for an all-False row); works for left or right
+    padding alike."""
+    t = mask_BxT.shape[1]
+    return jnp.max(jnp.where(mask_BxT.astype(bool), jnp.arange(t)[None, :], 0), axis=1)
+
+
+def at_last_valid(values_BxT, mask_BxT):
+    """values[b, last valid t] for each row, e.g. the sequence reward from per-token scores."""
+    idx_B = last_valid_index(mask_BxT)
+    return jnp.take_along_axis(values_BxT, idx_B[:, None], axis=1)[:, 0]
+
+
+class ScalarModel(nnx.Module):
+    """Trunk + scalar head: a reward model (`kind="reward"`) or a separate critic ("value")."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        kind: HeadKind,
+        rngs: nnx.Rngs,
+        trunk: Transformer | None = None,
+    ):
+        """`trunk`, when given, is used as is (e.g. a clone of an LM's or reward model's)."""
+        self.config = config
+        self.trunk = trunk if trunk is not None else Transformer(config, rngs=rngs)
+        self.head = ScalarHead(config, kind=kind, rngs=rngs)
+
+    @classmethod
+    def from_trunk(cls, trunk: Transformer, *, kind: HeadKind, rngs: nnx.Rngs) -> ScalarModel:
+        """A new scalar model on a copy of `trunk` (an LM's `.trunk` or a reward model's) with a
+        freshly initialised head of `kind`. Copying keeps the source model usable on its own."""
+        return cls(trunk.config, kind=kind, rngs=rngs, trunk=nnx.clone(trunk))
+
+    def __call__(self, tokens_BxT, *, positions_BxT, attn_mask_BxT):
+        """Per-token scalars (B, T): values for a critic, scores for a reward model."""
+        h, _ = self.trunk(tokens_BxT, positions_BxT=positions_BxT, attn_mask_BxT=attn_mask_BxT)
+        return self.head(h)
+
+    def score(self, tokens_BxT, *, positions_BxT, attn_mask_BxT):
+        """One score per sequence (B,), read at the last valid token of `attn_mask_BxT`."""
+        s = self(tokens_BxT, positions_BxT=positions_BxT, attn_mask_BxT=attn_mask_BxT)
+        return at_last_valid(s, attn_mask_BxT)
+
+
+class PolicyValueModel(nnx.Module):
+    """Policy LM and value head on one shared trunk: one forward gives logits and values."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, lm: CausalLM | None = None):
+        """`lm`, when given, is used as is (it is not copied)."""
+        self.config = config
+        self.lm = lm if lm is not None else CausalLM(config, rngs=rngs)
+        self.value_head = ScalarHead(config, kind="value", rngs=rngs)
+
+    def __call__(self, tokens_BxT, *, positions_BxT, attn_mask_BxT):
+        """(logits_BxTxV float32, values_BxT float32)."""
+        h = self.lm.hidden_states(
+            tokens_BxT, positions_BxT=positions_BxT, attn_mask_BxT=attn_mask_BxT
+        )
+        return self.lm.logits(h), self.value_head(h)

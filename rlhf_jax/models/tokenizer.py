@@ -1,0 +1,61 @@
+"""Tokenizers from an HF checkpoint directory, and prompt encoding for generation.
+
+Prompts are left-padded to a fixed length so that every batch has one shape (one trace of the
+sampler) and all rows end at the same slot (the KV cache then needs one write index).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import transformers
+
+Messages = list[dict[str, str]]  # [{"role": "user", "content": "..."}, ...]
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """`AutoTokenizer` from `path`, left-padding, with a pad token (EOS when it has none)."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"{path}: the tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def format_prompt(tokenizer, prompt: str | Messages) -> str:
+    """The text to encode: with a chat template, the conversation rendered up to the assistant's
+    turn (a bare string becomes one user message); without one, the string itself."""
+    if tokenizer.chat_template:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if not isinstance(prompt, str):
+        raise ValueError("chat messages were given but the tokenizer has no chat template")
+    return prompt
+
+
+def encode_prompts(
+    tokenizer, prompts: Sequence[str | Messages], *, max_length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens_BxP int32, mask_BxP bool), left-padded to exactly P = `max_length`.
+
+    A prompt longer than `max_length` raises (naming its row) rather than being truncated.
+    """
+    rows = []
+    for i, prompt in enumerate(prompts):
+        text = format_prompt(tokenizer, prompt)
+        # A rendered chat template already holds its special tokens (e.g. BOS).
+        ids = tokenizer(text, add_special_tokens=not tokenizer.chat_template)["input_ids"]
+        if len(ids) > max_length:
+            raise ValueError(f"prompt {i} has {len(ids)} tokens; max_length is {max_length}")
+        rows.append(ids)
+    tokens = np.full((len(rows), max_length), tokenizer.pad_token_id, np.int32)
+    mask = np.zeros((len(rows), max_length), bool)
+    for i, ids in enumerate(rows):
+        if ids:
+            tokens[i, max_length - len(ids) :] = ids
+            mask[i, max_length - len(ids) :] = True
+    return tokens, mask
