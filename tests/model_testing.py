@@ -98,7 +98,7 @@ def forward(model, tokens, mask, method="__call__"):
     """`model(tokens, positions=positions_from_mask(mask), attn_mask=mask)`, jitted, as numpy."""
     graphdef, params = nnx.split(model)
     out = _jitted_forward(graphdef, method)(params, jnp.asarray(tokens), jnp.asarray(mask))
-    return np.asarray(out)
+    return jax.tree.map(np.asarray, out)
 
 
 def hf_logits(hf_model, tokens, mask):

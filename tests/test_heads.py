@@ -1,0 +1,119 @@
+"""Reward and value heads: last-valid-token reads, initialisation, shared and separate critics,
+and export to HF sequence classification."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from model_testing import (
+    ARCHS,
+    assert_rel_close,
+    forward,
+    hf_checkpoint,
+    make_hf_model,
+    random_batch,
+)
+
+from rlhf_jax.models import (
+    PolicyValueModel,
+    ScalarHead,
+    ScalarModel,
+    at_last_valid,
+    from_hf_dict,
+    load_pretrained,
+    load_scalar_model,
+    save_pretrained,
+)
+
+
+def _right_padded(seed, lengths, width):
+    tokens, _ = random_batch(seed, len(lengths), width)
+    mask = np.arange(width)[None, :] < np.asarray(lengths)[:, None]
+    tokens[~mask] = 0  # the pad id of the test checkpoints
+    return tokens, mask
+
+
+def test_at_last_valid_reads_the_last_real_token():
+    values = jnp.arange(12.0).reshape(3, 4)
+    left = jnp.array([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]], bool)
+    right = jnp.array([[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]], bool)
+    np.testing.assert_array_equal(at_last_valid(values, left), [3.0, 7.0, 11.0])
+    np.testing.assert_array_equal(at_last_valid(values, right), [1.0, 6.0, 8.0])
+
+
+def test_reward_is_the_same_for_left_right_and_no_padding():
+    model = load_scalar_model(hf_checkpoint("llama")[0], kind="reward")
+    tokens, _ = random_batch(0, 1, 6)
+    alone = forward(model, tokens, np.ones_like(tokens, bool), method="score")
+    left = np.concatenate([np.zeros((1, 3), np.int32), tokens], axis=1)
+    left_mask = np.arange(9)[None] >= 3
+    right = np.concatenate([tokens, np.zeros((1, 3), np.int32)], axis=1)
+    for toks, mask in [(left, left_mask), (right, left_mask[:, ::-1])]:
+        assert_rel_close(forward(model, toks, mask, method="score"), alone, rel=1e-5)
+
+
+def test_head_initialisation():
+    cfg = from_hf_dict(ARCHS["llama"]().to_dict()).replace(hidden_size=4095)
+    reward = ScalarHead(cfg, kind="reward", rngs=nnx.Rngs(0))
+    std = float(jnp.std(reward.kernel[...]))
+    assert abs(std * np.sqrt(4096) - 1) < 0.05  # N(0, 1/√(D+1))
+    assert reward.bias is None
+    value = ScalarHead(cfg, kind="value", rngs=nnx.Rngs(0))
+    assert not np.any(value.kernel[...]) and float(value.bias[...]) == 0.0
+    with pytest.raises(ValueError, match="kind must be"):
+        ScalarHead(cfg, kind="critic", rngs=nnx.Rngs(0))
+
+
+def test_policy_value_shares_the_trunk_and_separate_critic_copies_it():
+    lm = load_pretrained(hf_checkpoint("qwen2")[0])
+    tokens, mask = random_batch(1, 2, 7, pads=[0, 3])
+    pv = PolicyValueModel(lm.config, rngs=nnx.Rngs(0), lm=lm)
+    logits, values = forward(pv, tokens, mask)
+    np.testing.assert_array_equal(logits, forward(lm, tokens, mask))
+    np.testing.assert_array_equal(values, 0.0)  # zero-initialised value head
+
+    critic = ScalarModel.from_trunk(lm.trunk, kind="value", rngs=nnx.Rngs(0))
+    critic.trunk.final_norm.scale[...] = jnp.zeros(64)  # a copy: the LM must not change
+    np.testing.assert_array_equal(forward(lm, tokens, mask), logits)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_reward_model_exports_as_hf_sequence_classifier(arch, tmp_path):
+    reward = load_scalar_model(hf_checkpoint(arch)[0], kind="reward", seed=3)
+    save_pretrained(reward, tmp_path)
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert hf.config.num_labels == 1
+    assert type(hf).__name__.endswith("ForSequenceClassification")
+    tokens, mask = _right_padded(2, [9, 4, 6], 9)
+    with torch.no_grad():
+        expected = hf(
+            torch.from_numpy(tokens.astype(np.int64)),
+            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+        ).logits[:, 0]
+    assert_rel_close(forward(reward, tokens, mask, method="score"), expected.numpy(), rel=1e-5)
+
+
+def test_reward_model_and_critic_load_from_a_classifier_checkpoint(tmp_path):
+    hf = make_hf_model(
+        "gpt_neox", seed=5, cls=transformers.AutoModelForSequenceClassification, num_labels=1
+    )
+    hf.save_pretrained(tmp_path)
+    tokens, mask = _right_padded(3, [8, 5], 8)
+    with torch.no_grad():
+        expected = hf(
+            torch.from_numpy(tokens.astype(np.int64)),
+            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+        ).logits[:, 0]
+    reward = load_scalar_model(tmp_path, kind="reward")
+    assert_rel_close(forward(reward, tokens, mask, method="score"), expected.numpy(), rel=1e-5)
+
+    # A critic initialised from the reward model: same trunk and head weights, bias 0.
+    critic = load_scalar_model(tmp_path, kind="value")
+    np.testing.assert_array_equal(critic.head.kernel[...], reward.head.kernel[...])
+    assert float(critic.head.bias[...]) == 0.0
+    fresh = load_scalar_model(tmp_path, kind="value", fresh_head=True)
+    assert not np.any(fresh.head.kernel[...])
+    with pytest.raises(ValueError, match="only reward models"):
+        save_pretrained(critic, tmp_path / "critic")
