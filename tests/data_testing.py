@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>", "<|im_start|>", "<|im_end|>"]
 WORDS = (
     "user assistant system hello world how are you fine thanks good bad the a is what 2 + "
-    "equals 4 5 one two three four yes no maybe sure ok"
+    "equals 4 5 one two three four yes no maybe sure ok five six seven eight"
 ).split()
 VOCAB = {w: i for i, w in enumerate(SPECIALS + WORDS)}
 PAD, BOS, EOS_PLAIN, UNK, IM_START, IM_END = range(6)
