@@ -225,6 +225,10 @@ def test_file_errors_name_the_path(tmp_path):
     bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "comp\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl: not valid JSON: line 2"):
         data.load_rows(str(bad), cache_dir=str(tmp_path / "cache"))
+    array = tmp_path / "a.json"
+    array.write_text('[\n  {"prompt": "a", "completion": "b"},\n  {"prompt": }\n]\n')
+    with pytest.raises(ValueError, match=r"a\.json: not valid JSON: line 3"):
+        data.load_rows(str(array), cache_dir=str(tmp_path / "cache"))
     other = tmp_path / "d.csv"
     other.write_text("prompt,completion\n")
     with pytest.raises(ValueError, match=r"d\.csv: unsupported file type '\.csv'"):

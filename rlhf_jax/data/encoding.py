@@ -29,7 +29,7 @@ from rlhf_jax.data.formats import PARSERS, Record
 CHUNK = 512  # rows tokenised per call: the fast tokenizer batches in Rust
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # arrays inside: compare fields, not examples
 class Example:
     """One usable row as token ids; the sequence for response k is prompt_ids + response_ids[k]."""
 
@@ -40,7 +40,7 @@ class Example:
     ranks: tuple[int, ...] | None = None  # rankings only; 0 = best
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class TokenizedDataset:
     """The examples of one dataset split, with the report of the rows that were not used."""
 

@@ -21,16 +21,24 @@ def _looks_like_path(path: str) -> bool:
     )
 
 
-def _first_bad_json_line(path: str) -> str:
-    """Where a JSON Lines file stops parsing, for an error message a user can act on."""
+def _json_error(path: str) -> str | None:
+    """Where a JSON (one document) or JSON Lines file stops parsing; None if it parses."""
     with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    json.loads(line)
-                except json.JSONDecodeError as e:
-                    return f"line {i}: {e.msg} (column {e.colno})"
-    return "the file is neither one JSON array/object nor one JSON object per line"
+        text = f.read()
+    try:
+        json.loads(text)
+        return None
+    except json.JSONDecodeError as whole:
+        document_error = f"line {whole.lineno}: {whole.msg} (column {whole.colno})"
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    for n, (i, line) in enumerate(lines):
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == 0:  # not JSON Lines either: report it as one document
+                return document_error
+            return f"line {i}: {e.msg} (column {e.colno})"
+    return None
 
 
 def load_rows(path: str, *, split: str = "train", cache_dir: str | None = None) -> datasets.Dataset:
@@ -58,9 +66,10 @@ def load_rows(path: str, *, split: str = "train", cache_dir: str | None = None) 
                 BUILDERS[ext], data_files=expanded, split="train", cache_dir=cache_dir
             )
         except Exception as e:  # re-raised with the file (and the bad line) named
-            if BUILDERS[ext] != "json":
-                raise ValueError(f"{path}: could not be read as {ext}: {e}") from e
-            raise ValueError(f"{path}: not valid JSON: {_first_bad_json_line(expanded)}") from e
+            where = _json_error(expanded) if BUILDERS[ext] == "json" else None
+            if where is not None:
+                raise ValueError(f"{path}: not valid JSON: {where}") from e
+            raise ValueError(f"{path}: could not be read as {ext}: {e}") from e
     if os.path.isdir(expanded):
         return datasets.load_dataset(expanded, split=split, cache_dir=cache_dir)
     if _looks_like_path(path):

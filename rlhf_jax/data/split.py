@@ -12,7 +12,8 @@ def train_eval_split(
 ) -> tuple[TokenizedDataset, TokenizedDataset]:
     """(train, eval): a seeded random ``eval_fraction`` of the examples is held out.
 
-    At least one example goes to each side; both keep the dataset order. The split depends
+    At least one example goes to each side; both keep the dataset order and share the
+    dataset's report (which covers the whole file). The split depends
     only on (number of examples, fraction, seed), so a resumed run holds out the same rows.
     """
     n = len(dataset)
