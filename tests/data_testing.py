@@ -34,17 +34,21 @@ def ids(text: str) -> list[int]:
     return [VOCAB[w] for w in text.split()]
 
 
-def make_tokenizer(directory, *, chat: bool):
-    """Builds, saves to ``directory`` and reloads (as users do) the tiny tokenizer."""
+def make_tokenizer(directory, *, chat: bool, bos: bool = True):
+    """Builds, saves to ``directory`` and reloads (as users do) the tiny tokenizer.
+
+    ``bos=False`` gives one that, like GPT-2's, has no BOS and adds no special tokens.
+    """
     tok = Tokenizer(models.WordLevel(vocab=VOCAB, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", special_tokens=[("<bos>", BOS)]
-    )
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", BOS)]
+        )
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
-        bos_token="<bos>",
+        bos_token="<bos>" if bos else None,
         eos_token="<|im_end|>" if chat else "<eos>",
         unk_token="<unk>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
@@ -65,6 +69,6 @@ def write_jsonl(path, rows) -> str:
 
 
 @functools.cache
-def tokenizer(*, chat: bool):
+def tokenizer(*, chat: bool, bos: bool = True):
     """One tiny tokenizer per variant for the whole test run (hypothesis tests reuse it)."""
-    return make_tokenizer(tempfile.mkdtemp(prefix="rlhf_jax_tok_"), chat=chat)
+    return make_tokenizer(tempfile.mkdtemp(prefix="rlhf_jax_tok_"), chat=chat, bos=bos)

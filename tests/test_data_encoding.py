@@ -51,6 +51,16 @@ def test_sft_plain_exact_tokens_masks_and_buckets(tmp_path):
     assert only_batch(ds, 2, 16)["tokens_BxT"].shape == (1, 16)
 
 
+def test_empty_prompt_without_bos_starts_with_eos(tmp_path):
+    rows = [{"prompt": "", "completion": "yes"}, {"prompt": "hello", "completion": "yes"}]
+    config = data.DataConfig(path=write_jsonl(tmp_path / "d.jsonl", rows), cache_dir=str(tmp_path))
+    ds = data.load_data(config, tokenizer(chat=False, bos=False))
+    assert [e.prompt_ids.tolist() for e in ds.examples] == [[EOS_PLAIN], ids("hello")]
+    batch = data.collate(ds, [0, 1], length=64)
+    assert not batch["loss_mask_BxT"][:, 0].any()
+    assert batch["loss_mask_BxT"].sum(axis=1).tolist() == [2, 2]
+
+
 def test_sft_messages_use_the_chat_template_and_end_with_eos(tmp_path):
     rows = [{"messages": [U("hello"), A("fine"), U("how are you"), A("good thanks")]}]
     ds = load(tmp_path, rows, chat=True, bucket_lengths=(32,))

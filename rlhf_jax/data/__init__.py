@@ -35,7 +35,8 @@ Batches (dicts of NumPy arrays; B = rows on this host, T = the batch's bucket le
                 example_id_B (index into the TokenizedDataset, -1 for filler rows)
 ``loss_mask`` is True exactly at response tokens (EOS included). Shift convention:
 ``logits[:, t]`` predicts ``tokens[:, t + 1]``, so a step takes ``logits[:, :-1]`` against
-``tokens[:, 1:]`` and masks with ``loss_mask[:, 1:]``. ``positions`` equal
+``tokens[:, 1:]`` and masks with ``loss_mask[:, 1:]`` (``loss_mask[:, 0]`` is always False:
+every sequence starts with a prompt token, BOS at least). ``positions`` equal
 `rlhf_jax.models.positions_from_mask(attn_mask)`.
 
 A batch has the same B always and one of ``len(bucket_lengths)`` sequence lengths, so a jitted

@@ -16,8 +16,8 @@ attn_mask_BxKxT, positions_BxKxT, plus mask_BxK (True where response k exists) a
 
 Shift convention: the loss mask marks the tokens to be *predicted*. ``logits[:, t]`` predicts
 ``tokens[:, t + 1]``, so a step computes its loss from ``logits[:, :-1]`` against
-``tokens[:, 1:]`` with ``loss_mask[:, 1:]``. Position 0 is never predicted (every example has
-at least one prompt token unless an SFT prompt is empty and the tokenizer adds no BOS).
+``tokens[:, 1:]`` with ``loss_mask[:, 1:]``. Every sequence starts with at least one prompt
+token, so ``loss_mask[:, 0]`` is always False and no response token is lost to the shift.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ conversational row is rendered with the tokenizer's chat template (which then ho
 special tokens); its response is the text the template adds after the generation prompt, the
 template's end-of-turn token included, trailing whitespace stripped. EOS is appended unless
 the response already ends with it (as with Qwen's ``<|im_end|>``). Plain rows never use the
-chat template.
+chat template. A prompt that tokenises to nothing (an empty SFT prompt with a tokenizer that
+adds no BOS, e.g. GPT-2's) becomes the one token BOS, or EOS when there is no BOS, so every
+sequence starts with at least one prompt token and every response token is predicted.
 """
 
 from __future__ import annotations
@@ -197,7 +199,9 @@ def _encode_chunk(tokenizer, chunk, *, bucket_lengths, too_long, report) -> list
         for _ in response_texts:
             ids = next(flat_ids)
             responses.append(np.asarray(ids if ids[-1:] == [eos] else [*ids, eos], np.int32))
-        prompt = np.asarray(prompt_ids[j], np.int32)
+        # The first token is never predicted, so an empty prompt (SFT) gets BOS, or EOS as
+        # GPT-2 uses it, for the response's first token to be learned from.
+        prompt = np.asarray(prompt_ids[j] or [eos if bos is None else bos], np.int32)
         fit = fit_to_bucket(
             len(prompt), [len(r) for r in responses], bucket_lengths, too_long=too_long
         )
