@@ -7,6 +7,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
 
+# Eight fake CPU devices, so sharded steps can be compared with single-device ones; tests
+# that do not shard run on device 0 as usual.
+jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
 

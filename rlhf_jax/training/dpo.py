@@ -1,0 +1,106 @@
+"""DPO and its relatives (IPO, cDPO/rDPO, SLiC-hinge, SimPO, ORPO) on preference pairs.
+
+Policy log-probs of chosen and rejected come from ONE forward pass (concatenated on the batch
+axis). The reference log-probs are either precomputed once before training (batch keys
+``ref_chosen_logp_B``/``ref_rejected_logp_B``; the reference model is then not kept in memory)
+or computed in the step from frozen reference params (``frozen["extra"]``).
+
+Pair batch keys as in ``reward.py``, plus ``chosen_loss_mask_BxT``/``rejected_loss_mask_BxT``
+marking the response tokens whose log-probs are summed.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax import losses
+from rlhf_jax.training.reward import concat_pairs
+from rlhf_jax.training.sft import lm_forward, response_logprobs
+
+# Reference-free objectives use length-normalised policy log-probs and no reference model.
+REFERENCE_FREE = ("simpo", "orpo")
+
+
+def pair_logprobs(graphdef, params, rest, batch):
+    """Summed response log-probs and response lengths of chosen and rejected, one forward."""
+    tokens = concat_pairs(batch, "tokens_BxT")
+    loss_mask = concat_pairs(batch, "loss_mask_BxT")
+    logits = lm_forward(
+        graphdef,
+        params,
+        rest,
+        tokens,
+        concat_pairs(batch, "positions_BxT"),
+        concat_pairs(batch, "attn_mask_BxT"),
+    )
+    _, seq_logp = response_logprobs(logits, tokens, loss_mask)
+    lengths = jnp.sum(loss_mask[:, 1:], axis=-1, dtype=jnp.float32)
+    n = batch["chosen_tokens_BxT"].shape[0]
+    return (seq_logp[:n], seq_logp[n:]), (lengths[:n], lengths[n:])
+
+
+def reference_logprobs(graphdef, ref_params, rest, batch):
+    """Reference log-probs of chosen and rejected (no gradient)."""
+    (chosen, rejected), _ = pair_logprobs(graphdef, ref_params, rest, batch)
+    return jax.lax.stop_gradient(chosen), jax.lax.stop_gradient(rejected)
+
+
+def dpo_step_loss(
+    params,
+    frozen,
+    batch,
+    rng,
+    *,
+    graphdef,
+    loss_type: str = "sigmoid",
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    simpo_gamma: float = 0.5,
+    orpo_beta: float = 0.1,
+):
+    """The DPO-family loss of one batch of pairs; weight = number of real pairs."""
+    del rng
+    mask_B = batch["example_mask_B"]
+    (pi_c, pi_r), (len_c, len_r) = pair_logprobs(graphdef, params, frozen["rest"], batch)
+    if loss_type == "simpo":
+        loss, metrics = losses.simpo_loss(
+            pi_c / jnp.maximum(len_c, 1),
+            pi_r / jnp.maximum(len_r, 1),
+            beta=beta,
+            gamma=simpo_gamma,
+            label_smoothing=label_smoothing,
+            mask=mask_B,
+        )
+    elif loss_type == "orpo":
+        # ORPO's SFT term: the token-mean NLL of the chosen responses.
+        real = mask_B.astype(bool)
+        chosen_nll = -jnp.sum(jnp.where(real, pi_c, 0.0)) / jnp.maximum(
+            jnp.sum(jnp.where(real, len_c, 0.0)), 1.0
+        )
+        loss, metrics = losses.orpo_loss(
+            pi_c / jnp.maximum(len_c, 1),
+            pi_r / jnp.maximum(len_r, 1),
+            beta=orpo_beta,
+            chosen_nll=chosen_nll,
+            mask=mask_B,
+        )
+    else:
+        if "ref_chosen_logp_B" in batch:
+            ref_c, ref_r = batch["ref_chosen_logp_B"], batch["ref_rejected_logp_B"]
+        else:
+            ref_c, ref_r = reference_logprobs(graphdef, frozen["extra"], frozen["rest"], batch)
+        loss, metrics = losses.dpo_loss(
+            pi_c,
+            pi_r,
+            ref_c,
+            ref_r,
+            beta=beta,
+            loss_type=loss_type,
+            label_smoothing=label_smoothing,
+            mask=mask_B,
+        )
+    metrics = dict(metrics)
+    metrics.setdefault("logps/chosen", losses.masked_mean(pi_c, mask_B.astype(bool)))
+    metrics.setdefault("logps/rejected", losses.masked_mean(pi_r, mask_B.astype(bool)))
+    return loss, (jnp.sum(mask_B, dtype=jnp.float32), metrics)

@@ -1,0 +1,79 @@
+"""Reward model: Bradley–Terry on pairs (or InstructGPT's K-wise loss) on a scalar head.
+
+Chosen and rejected go through ONE forward pass, concatenated on the batch axis, and the
+reward is read at each sequence's last valid token (``ScalarModel.score``).
+
+Pair batch keys (right-padded to one bucket length T):
+    chosen_tokens_BxT, chosen_positions_BxT, chosen_attn_mask_BxT,
+    rejected_tokens_BxT, rejected_positions_BxT, rejected_attn_mask_BxT,
+    example_mask_B (1 for real pairs, 0 for rows that only pad the batch); optional margin_B.
+Ranking batch keys: tokens_BxKxT, positions_BxKxT, attn_mask_BxKxT, ranks_BxK, mask_BxK.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from rlhf_jax import losses
+
+
+def score_sequences(graphdef, params, rest, tokens_NxT, positions_NxT, attn_mask_NxT):
+    model = nnx.merge(graphdef, params, rest)
+    return model.score(tokens_NxT, positions_BxT=positions_NxT, attn_mask_BxT=attn_mask_NxT)
+
+
+def concat_pairs(batch, field: str):
+    return jnp.concatenate([batch[f"chosen_{field}"], batch[f"rejected_{field}"]], axis=0)
+
+
+def reward_pair_loss(params, frozen, batch, rng, *, graphdef, label_smoothing=0.0, center_coef=0.0):
+    """Bradley–Terry loss of one batch of pairs; weight = number of real pairs."""
+    del rng
+    scores = score_sequences(
+        graphdef,
+        params,
+        frozen["rest"],
+        concat_pairs(batch, "tokens_BxT"),
+        concat_pairs(batch, "positions_BxT"),
+        concat_pairs(batch, "attn_mask_BxT"),
+    )
+    num_pairs = batch["chosen_tokens_BxT"].shape[0]
+    chosen_B, rejected_B = scores[:num_pairs], scores[num_pairs:]
+    mask_B = batch["example_mask_B"]
+    loss, metrics = losses.bradley_terry_loss(
+        chosen_B,
+        rejected_B,
+        margin=batch.get("margin_B"),
+        label_smoothing=label_smoothing,
+        center_coef=center_coef,
+        mask=mask_B,
+    )
+    both = jnp.concatenate([chosen_B, rejected_B])
+    both_mask = jnp.concatenate([mask_B, mask_B]).astype(bool)
+    metrics = dict(
+        metrics,
+        reward_mean=losses.masked_mean(both, both_mask),
+        reward_std=jnp.sqrt(losses.masked_var(both, both_mask)),
+    )
+    return loss, (jnp.sum(mask_B, dtype=jnp.float32), metrics)
+
+
+def reward_ranking_loss(params, frozen, batch, rng, *, graphdef):
+    """K-wise ranking loss; weight = number of prompts with at least one ranked pair."""
+    del rng
+    b, k, t = batch["tokens_BxKxT"].shape
+    flat = lambda x: x.reshape(b * k, t)
+    scores = score_sequences(
+        graphdef,
+        params,
+        frozen["rest"],
+        flat(batch["tokens_BxKxT"]),
+        flat(batch["positions_BxKxT"]),
+        flat(batch["attn_mask_BxKxT"]),
+    ).reshape(b, k)
+    loss, metrics = losses.ranking_loss(scores, batch["ranks_BxK"], batch["mask_BxK"])
+    mask = batch["mask_BxK"].astype(bool)
+    has_pairs = jnp.sum(mask, axis=1) >= 2
+    metrics = dict(metrics, reward_mean=losses.masked_mean(scores, mask))
+    return loss, (jnp.sum(has_pairs, dtype=jnp.float32), metrics)

@@ -1,0 +1,173 @@
+"""The phases' steps: sharded == single device, one trace, exact accumulation, finite guard."""
+
+import functools
+
+import jax
+import numpy as np
+import optax
+import pytest
+from training_testing import pair_batch, sft_batch, tiny_lm, tiny_reward_model
+
+from rlhf_jax import sharding
+from rlhf_jax.training import dpo, reward, sft
+from rlhf_jax.training import state as state_lib
+from rlhf_jax.training.loop import NonFiniteError, _check_finite
+
+TX = state_lib.make_optimizer(
+    state_lib.OptimizerConfig(learning_rate=1e-3, schedule="constant", max_grad_norm=1.0)
+)
+# Equivalence tests compare parameters after updates that are linear in the gradient: Adam's
+# m/√v turns float-rounding differences in near-zero gradients into lr-sized steps.
+SGD = optax.sgd(0.5)
+
+
+def _reference_params():
+    return state_lib.split_model(tiny_lm(seed=1))[1]
+
+
+PHASES = {
+    "sft": (tiny_lm, sft.sft_loss, sft_batch, None),
+    "reward": (tiny_reward_model, reward.reward_pair_loss, pair_batch, None),
+    "dpo": (tiny_lm, functools.partial(dpo.dpo_step_loss, beta=0.1), pair_batch, _reference_params),
+    "ipo": (
+        tiny_lm,
+        functools.partial(dpo.dpo_step_loss, beta=0.1, loss_type="ipo"),
+        pair_batch,
+        _reference_params,
+    ),
+    "simpo": (tiny_lm, functools.partial(dpo.dpo_step_loss, loss_type="simpo"), pair_batch, None),
+}
+
+
+def _run(phase, mesh, *, steps=2, accum_steps=1, batch_size=8, tx=SGD):
+    model_fn, loss_fn, batch_fn, frozen_fn = PHASES[phase]
+    state, shardings, graphdef = state_lib.init_train_state(
+        model_fn, tx, mesh, seed=0, frozen_fn=frozen_fn
+    )
+    step = state_lib.jit_train_step(
+        functools.partial(loss_fn, graphdef=graphdef),
+        tx,
+        shardings,
+        mesh,
+        accum_steps=accum_steps,
+    )
+    history = []
+    for i in range(steps):
+        state, metrics = step(state, sharding.shard_batch(batch_fn(i, batch=batch_size), mesh))
+        history.append(jax.device_get(metrics))
+    return state, history, step
+
+
+def _single_device_mesh():
+    return sharding.make_mesh(sharding.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+
+
+@pytest.mark.parametrize("phase", ["sft", "reward", "dpo"])
+def test_sharded_step_matches_single_device(phase):
+    mesh8 = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
+    state1, hist1, _ = _run(phase, _single_device_mesh())
+    state8, hist8, step8 = _run(phase, mesh8)
+    for m1, m8 in zip(hist1, hist8, strict=True):
+        np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5, atol=1e-6)
+    flat1 = jax.tree.leaves(jax.device_get(state1.params))
+    flat8 = jax.tree.leaves(jax.device_get(state8.params))
+    for p1, p8 in zip(flat1, flat8, strict=True):
+        np.testing.assert_allclose(p8, p1, rtol=1e-5, atol=2e-6)
+    # Parameters really are spread over the mesh, not replicated.
+    embed = state8.params["trunk"]["embed"].get_value()
+    assert len(embed.sharding.device_set) == 8
+    assert embed.addressable_shards[0].data.size < embed.size
+    assert step8._cache_size() == 1
+
+
+@pytest.mark.parametrize("phase", ["sft", "reward", "simpo"])
+def test_gradient_accumulation_is_exact(phase):
+    mesh = _single_device_mesh()
+    state1, hist1, _ = _run(phase, mesh, accum_steps=1)
+    state4, hist4, _ = _run(phase, mesh, accum_steps=4)
+    for m1, m4 in zip(hist1, hist4, strict=True):
+        np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
+        np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-4)
+    for p1, p4 in zip(jax.tree.leaves(state1.params), jax.tree.leaves(state4.params), strict=True):
+        np.testing.assert_allclose(p4, p1, rtol=1e-5, atol=2e-6)
+
+
+def test_step_traces_once_per_shape():
+    _, _, step = _run("ipo", _single_device_mesh(), steps=3, tx=TX)
+    assert step._cache_size() == 1
+
+
+def test_padded_pairs_do_not_change_the_reward_step():
+    mesh = _single_device_mesh()
+    model_fn, loss_fn, _, _ = PHASES["reward"]
+    state, _, graphdef = state_lib.init_train_state(model_fn, TX, mesh, seed=0)
+    loss = functools.partial(loss_fn, graphdef=graphdef)
+    full = pair_batch(0, batch=8, padded_rows=3)
+    real = {k: v[:5] for k, v in full.items()}
+    (l_full, (w_full, _)), g_full = jax.value_and_grad(loss, has_aux=True)(
+        state.params, state.frozen, full, None
+    )
+    (l_real, (w_real, _)), g_real = jax.value_and_grad(loss, has_aux=True)(
+        state.params, state.frozen, real, None
+    )
+    assert float(w_full) == float(w_real) == 5.0
+    np.testing.assert_allclose(l_full, l_real, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_real), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_dpo_first_step_with_reference_equal_to_policy_is_log2():
+    mesh = _single_device_mesh()
+    state, shardings, graphdef = state_lib.init_train_state(
+        tiny_lm, TX, mesh, seed=0, frozen_fn=lambda: state_lib.split_model(tiny_lm(seed=0))[1]
+    )
+    step = state_lib.jit_train_step(
+        functools.partial(dpo.dpo_step_loss, graphdef=graphdef, beta=0.1), TX, shardings, mesh
+    )
+    _, metrics = step(state, sharding.shard_batch(pair_batch(0), mesh))
+    np.testing.assert_allclose(metrics["loss"], np.log(2.0), rtol=1e-6)
+    assert float(metrics["rewards/margins"]) == 0.0
+
+
+def test_nonfinite_update_is_never_applied():
+    mesh = _single_device_mesh()
+    state, shardings, graphdef = state_lib.init_train_state(tiny_lm, TX, mesh, seed=0)
+
+    def poisoned_loss(params, frozen, batch, rng):
+        loss, aux = sft.sft_loss(params, frozen, batch, rng, graphdef=graphdef)
+        return loss * batch["scale"][0], aux
+
+    step = state_lib.jit_train_step(poisoned_loss, TX, shardings, mesh)
+    before = jax.device_get(state.params)
+    good = dict(sft_batch(0), scale=np.ones(8, np.float32))
+    bad = dict(sft_batch(1), scale=np.full(8, np.nan, np.float32))
+    state, _ = step(state, sharding.shard_batch(good, mesh))
+    after_good = jax.device_get(state.params)
+    state, metrics = step(state, sharding.shard_batch(bad, mesh))
+    for a, b in zip(jax.tree.leaves(after_good), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after_good), strict=True)
+    )
+    assert float(metrics["nonfinite_updates"]) == 1.0
+    assert int(state.step) == 2 and int(state.first_nonfinite_step) == 1
+    with pytest.raises(NonFiniteError, match="step 1"):
+        _check_finite(state, skip_nonfinite=False)
+    _check_finite(state, skip_nonfinite=True)
+
+
+def test_mesh_config_errors_name_the_axes():
+    with pytest.raises(ValueError, match="devices"):
+        sharding.MeshConfig(data=3, fsdp=1, tensor=1).shape(8)
+    with pytest.raises(ValueError, match="at most one"):
+        sharding.MeshConfig(data=-1, fsdp=-1, tensor=1).shape(8)
+    assert sharding.MeshConfig(data=2, fsdp=-1, tensor=2).shape(8) == (2, 2, 2)
+
+
+def test_indivisible_dimensions_are_replicated():
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=1, fsdp=2, tensor=4))
+    spec = sharding.logical_to_spec(("kv_heads", "embed"), (2, 32), mesh)
+    assert spec == jax.sharding.PartitionSpec(None, "fsdp")
+    with pytest.raises(ValueError, match="no partition rule"):
+        sharding.logical_to_spec(("bogus",), (4,), mesh)
