@@ -69,10 +69,13 @@ def sample(
     prompt_mask_BxP = prompt_mask_BxP.astype(bool)
     positions_BxP = positions_from_mask(prompt_mask_BxP)
     cache = model.init_cache(b, p + n - 1)
-    logits_BxPxV, cache = model.decode(
+    h_BxPxD, cache = model.trunk(
         prompt_BxP, positions_BxT=positions_BxP, attn_mask_BxT=prompt_mask_BxP, cache=cache
     )
-    token_B, logprob_B = sample_token(logits_BxPxV[:, -1], jax.random.fold_in(key, 0), config)
+    # Only the last prompt position's distribution is needed: skip the other P − 1 rows of
+    # the (D × V) head matmul.
+    logits_Bx1xV = model.logits(h_BxPxD[:, -1:])
+    token_B, logprob_B = sample_token(logits_Bx1xV[:, 0], jax.random.fold_in(key, 0), config)
     tokens_BxN = jnp.full((b, n), config.pad_id, jnp.int32).at[:, 0].set(token_B)
     logprobs_BxN = jnp.zeros((b, n), jnp.float32).at[:, 0].set(logprob_B)
     mask_BxN = jnp.zeros((b, n), bool).at[:, 0].set(True)
