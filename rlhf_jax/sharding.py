@@ -48,6 +48,7 @@ class MeshConfig:
     data: int = 1  # pure data parallelism
     fsdp: int = -1  # data parallelism with sharded parameters and optimizer state
     tensor: int = 1  # model parallelism over heads / MLP / vocabulary
+    num_devices: int = -1  # use the first N devices (-1: all of them, on every host)
 
     def shape(self, num_devices: int) -> tuple[int, int, int]:
         sizes = [self.data, self.fsdp, self.tensor]
@@ -76,6 +77,12 @@ class MeshConfig:
 def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence | None = None) -> Mesh:
     """The (data, fsdp, tensor) mesh over ``devices`` (default: every device of every host)."""
     devices = list(jax.devices() if devices is None else devices)
+    if config.num_devices != -1:
+        if not 0 < config.num_devices <= len(devices):
+            raise ValueError(
+                f"mesh.num_devices={config.num_devices}; {len(devices)} devices are available"
+            )
+        devices = devices[: config.num_devices]
     shape = config.shape(len(devices))
     # Auto axes: the compiler propagates shardings from the inputs and outputs we annotate,
     # rather than every jnp op carrying a sharding in its type.

@@ -107,31 +107,44 @@ def init_train_state(
     mesh,
     *,
     seed: int,
+    params=None,
     frozen_fn: Callable[[], Any] | None = None,
+    frozen_extra=None,
     rules=sharding_lib.DEFAULT_RULES,
 ):
     """Builds the train state already sharded: eval_shape → shardings → jit(init, out_shardings).
 
-    ``model_fn`` creates the model (random init, or loading weights); ``frozen_fn`` returns
-    extra frozen arrays (e.g. reference-policy params) laid out as nnx.State. Returns
-    ``(state, state_shardings, graphdef)``.
+    ``model_fn`` creates the model (its random init runs under jit, straight into the
+    shardings); ``params``, when given, replaces the initial parameters (e.g. loaded from a
+    checkpoint). Extra frozen arrays (e.g. reference-policy params) come from ``frozen_fn``
+    (built under jit) or ``frozen_extra`` (already built). Returns ``(state, state_shardings,
+    graphdef)``.
     """
     abstract_model = nnx.eval_shape(model_fn)
     graphdef, abstract_params, abstract_rest = split_model(abstract_model)
     param_sh = sharding_lib.state_shardings(abstract_params, mesh, rules)
     rest_sh = sharding_lib.state_shardings(abstract_rest, mesh, rules)
-    frozen_sh = {"rest": rest_sh}
-    if frozen_fn is not None:
-        frozen_sh["extra"] = sharding_lib.state_shardings(jax.eval_shape(frozen_fn), mesh, rules)
 
     def init_params():
-        _, params, rest = split_model(model_fn())
-        frozen = {"rest": rest}
-        if frozen_fn is not None:
-            frozen["extra"] = frozen_fn()
-        return params, frozen
+        _, new_params, rest = split_model(model_fn())
+        return new_params, rest
 
-    params, frozen = jax.jit(init_params, out_shardings=(param_sh, frozen_sh))()
+    if params is None:
+        params, rest = jax.jit(init_params, out_shardings=(param_sh, rest_sh))()
+    else:
+        params = jax.device_put(params, param_sh)
+        rest = jax.jit(lambda: init_params()[1], out_shardings=rest_sh)()
+    frozen, frozen_sh = {"rest": rest}, {"rest": rest_sh}
+    if frozen_fn is not None:
+        frozen_sh["extra"] = sharding_lib.state_shardings(jax.eval_shape(frozen_fn), mesh, rules)
+        frozen["extra"] = jax.jit(frozen_fn, out_shardings=frozen_sh["extra"])()
+    elif frozen_extra is not None:
+        frozen_sh["extra"] = sharding_lib.state_shardings(frozen_extra, mesh, rules)
+        # Copies: the step donates the state, and a buffer shared with ``params`` (the usual
+        # case, a reference equal to the initial policy) must not be donated twice.
+        frozen["extra"] = jax.tree.map(
+            lambda x: jnp.array(x, copy=True), jax.device_put(frozen_extra, frozen_sh["extra"])
+        )
     opt_sh = sharding_lib.tree_shardings(jax.eval_shape(tx.init, params), param_sh, mesh)
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
     repl = sharding_lib.replicated(mesh)

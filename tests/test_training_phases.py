@@ -1,0 +1,202 @@
+"""Phases end to end on tiny data: learning, artifacts, kill-and-resume, bad input."""
+
+import dataclasses
+import functools
+
+import jax
+import numpy as np
+import pytest
+from data_testing import VOCAB, make_tokenizer, write_jsonl
+
+from rlhf_jax import checkpoint as ckpt_lib
+from rlhf_jax import data as data_lib
+from rlhf_jax import sharding
+from rlhf_jax.models import ModelConfig
+from rlhf_jax.training import phase as phase_lib
+from rlhf_jax.training.state import OptimizerConfig
+
+WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
+MODEL = ModelConfig(
+    model_type="llama",
+    vocab_size=64,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    mlp_dim=64,
+    norm="rms",
+    norm_eps=1e-5,
+    activation="silu",
+    gated_mlp=True,
+    positions="rope",
+    max_position_embeddings=64,
+    rotary_dim=8,
+)
+assert len(VOCAB) <= MODEL.vocab_size
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phases")
+    make_tokenizer(root / "tokenizer", chat=False)
+    rng = np.random.default_rng(0)
+    sft_rows, pref_rows = [], []
+    for _ in range(64):
+        a, b = rng.choice(len(WORDS) - 1, 2)
+        # Completion: the next word after each prompt word — learnable, deterministic.
+        sft_rows.append(
+            {"prompt": f"{WORDS[a]} {WORDS[b]}", "completion": f"{WORDS[a + 1]} {WORDS[b + 1]}"}
+        )
+        # Separable preferences: "good" answers beat "bad" ones whatever the prompt.
+        filler = " ".join(rng.choice(WORDS, 2))
+        pref_rows.append(
+            {
+                "prompt": f"{WORDS[a]} {WORDS[b]}",
+                "chosen": f"good {filler}",
+                "rejected": f"bad {filler}",
+            }
+        )
+    write_jsonl(root / "sft.jsonl", sft_rows)
+    write_jsonl(root / "prefs.jsonl", pref_rows)
+    return root
+
+
+def _config(workdir, name, kind, *, steps, model=None, data="sft.jsonl", **overrides):
+    source = model or phase_lib.ModelSource(init=MODEL, tokenizer=str(workdir / "tokenizer"))
+    return phase_lib.PhaseConfig(
+        run_dir=str(workdir / name),
+        model=source,
+        data=data_lib.DataConfig(
+            path=str(workdir / data),
+            bucket_lengths=(8, 12),
+            batch_size=8,
+            eval_fraction=0.25 if kind != "sft" else 0.0,
+        ),
+        optimizer=OptimizerConfig(
+            learning_rate=3e-3, schedule="constant", warmup_steps=0, total_steps=steps
+        ),
+        mesh=sharding.MeshConfig(data=1, fsdp=1, tensor=1, num_devices=1),
+        checkpoint=ckpt_lib.CheckpointConfig(save_every=2, keep=2, async_save=True),
+        total_steps=steps,
+        log_every=2,
+        console=False,
+        tensorboard=False,
+        **overrides,
+    )
+
+
+def _metrics(workdir, name):
+    import json
+
+    lines = (workdir / name / "logs" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def sft_run(workdir):
+    result = phase_lib.run_phase(_config(workdir, "sft", "sft", steps=30), kind="sft")
+    return result
+
+
+def test_sft_loss_falls_and_writes_an_artifact(workdir, sft_run):
+    assert sft_run["status"] == "finished" and sft_run["step"] == 30
+    losses = [m["loss"] for m in _metrics(workdir, "sft") if "loss" in m]
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert ckpt_lib.artifact_exists(workdir / "sft" / "artifact")
+    meta = ckpt_lib.read_artifact_meta(workdir / "sft" / "artifact")
+    assert meta["phase"] == "sft" and meta["model"]["hidden_size"] == 32
+
+
+def test_reward_model_from_sft_artifact_learns_separable_preferences(workdir, sft_run):
+    source = phase_lib.ModelSource(
+        artifact=str(workdir / "sft" / "artifact"), tokenizer=str(workdir / "tokenizer")
+    )
+    result = phase_lib.run_phase(
+        _config(workdir, "rm", "reward", steps=25, model=source, data="prefs.jsonl"),
+        kind="reward",
+    )
+    assert result["eval"]["accuracy"] > 0.9, result["eval"]
+    # The trunk started from the SFT policy, not from scratch.
+    assert ckpt_lib.read_artifact_meta(workdir / "rm" / "artifact")["head"] == "reward"
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_dpo_from_sft_artifact_raises_implicit_reward_accuracy(workdir, sft_run, precompute):
+    source = phase_lib.ModelSource(
+        artifact=str(workdir / "sft" / "artifact"), tokenizer=str(workdir / "tokenizer")
+    )
+    config = _config(
+        workdir,
+        f"dpo_{precompute}",
+        "dpo",
+        steps=20,
+        model=source,
+        data="prefs.jsonl",
+        dpo=phase_lib.DPOLossConfig(beta=0.1, precompute_reference=precompute),
+    )
+    result = phase_lib.run_phase(config, kind="dpo")
+    first = next(m for m in _metrics(workdir, f"dpo_{precompute}") if "loss" in m)
+    np.testing.assert_allclose(first["loss"], np.log(2.0), rtol=0.05)
+    assert result["eval"]["rewards/accuracies"] > 0.9, result["eval"]
+    assert result["eval"]["rewards/margins"] > 0
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(workdir):
+    full = phase_lib.run_phase(_config(workdir, "full", "sft", steps=6), kind="sft")
+    cut = _config(workdir, "cut", "sft", steps=6)
+    first = phase_lib.run_phase(cut, kind="sft", stop_after=3)
+    assert first["status"] == "interrupted" and first["step"] == 3
+    assert not ckpt_lib.artifact_exists(workdir / "cut" / "artifact")
+    second = phase_lib.run_phase(cut, kind="sft")
+    assert second["status"] == "finished" and second["step"] == 6
+    for a, b in zip(
+        jax.tree.leaves(full["state"].params), jax.tree.leaves(second["state"].params), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The data position is part of the checkpoint: both runs end at the same place.
+    saved = ckpt_lib.PhaseCheckpointer(
+        workdir / "cut" / "checkpoints", fingerprint={}, config=ckpt_lib.CheckpointConfig()
+    )
+    full_ckpt = ckpt_lib.PhaseCheckpointer(
+        workdir / "full" / "checkpoints", fingerprint={}, config=ckpt_lib.CheckpointConfig()
+    )
+    assert saved.latest_step() == full_ckpt.latest_step() == 6
+
+
+def test_resume_with_another_config_names_the_fields(workdir):
+    phase_lib.run_phase(_config(workdir, "mismatch", "sft", steps=2), kind="sft")
+    other = dataclasses.replace(MODEL, hidden_size=48, num_heads=6, head_dim=8)
+    config = _config(
+        workdir,
+        "mismatch",
+        "sft",
+        steps=4,
+        model=phase_lib.ModelSource(init=other, tokenizer=str(workdir / "tokenizer")),
+    )
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"model\.hidden_size"):
+        phase_lib.run_phase(config, kind="sft")
+
+
+def test_wrong_data_for_the_phase_is_a_clear_error(workdir):
+    config = _config(workdir, "wrong", "reward", steps=2, data="sft.jsonl")
+    with pytest.raises(ValueError, match="needs preference or ranking data"):
+        phase_lib.run_phase(config, kind="reward")
+
+
+def test_model_source_needs_exactly_one_origin(workdir):
+    with pytest.raises(ValueError, match="exactly one"):
+        phase_lib.ModelSource(tokenizer="t")
+    with pytest.raises(ValueError, match="exactly one"):
+        phase_lib.ModelSource(init=MODEL, artifact="a", tokenizer="t")
+
+
+def test_missing_artifact_is_a_clear_error(workdir):
+    source = phase_lib.ModelSource(
+        artifact=str(workdir / "nowhere"), tokenizer=str(workdir / "tokenizer")
+    )
+    with pytest.raises(ckpt_lib.CheckpointError, match="no phase artifact"):
+        phase_lib.run_phase(_config(workdir, "x", "sft", steps=2, model=source), kind="sft")
+
+
+del functools
