@@ -92,6 +92,7 @@ def run_loop(
     status: Literal["finished", "interrupted"] = "finished"
     last_log = time.perf_counter()
     steps_since_log = 0
+    writer.advance(step)
     with interrupt_flag() as flag:
         while step < total_steps:
             batch = sharding_lib.shard_batch(next(batches), mesh)

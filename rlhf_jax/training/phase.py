@@ -42,23 +42,24 @@ PhaseKind = Literal["sft", "reward", "dpo"]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelSource:
-    """Where a phase's model comes from: exactly one of hf_path, artifact, init."""
+    """Where a phase's model comes from: hf_path or artifact, else a random init of ``init``."""
 
     hf_path: str | None = None  # an HF checkpoint directory (config.json + safetensors)
     artifact: str | None = None  # an earlier phase's artifact directory
-    init: models.ModelConfig | None = None  # random initialisation from this architecture
+    init: models.ModelConfig | None = None  # random init when neither of the above is given
     tokenizer: str | None = None  # tokenizer directory; defaults to hf_path
     dtype: str = "float32"  # compute dtype (bfloat16 on accelerators)
     param_dtype: str = "float32"  # storage dtype of the parameters
 
     def __post_init__(self):
-        given = [n for n in ("hf_path", "artifact", "init") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"model: set exactly one of hf_path, artifact, init (got {given or 'none'})"
-            )
+        if self.hf_path is not None and self.artifact is not None:
+            raise ValueError("model: set one of hf_path and artifact, not both")
+        if self.hf_path is None and self.artifact is None and self.init is None:
+            raise ValueError("model: set hf_path, artifact, or init (a random initialisation)")
         if self.tokenizer is None and self.hf_path is None:
             raise ValueError("model.tokenizer is required unless model.hf_path is set")
+        if self.hf_path is not None or self.artifact is not None:
+            object.__setattr__(self, "init", None)  # a loaded model ignores the init preset
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,31 @@
+"""The library entry point behind ``experiments/train_*.py``: ConfigDict in, phase run."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import logging as absl_logging
+
+from rlhf_jax import sharding
+from rlhf_jax.training.config import build
+from rlhf_jax.training.phase import PhaseConfig, run_phase
+
+
+def run_from_config(config_dict, *, kind: str) -> dict:
+    """Initialises multi-host if configured, builds the typed config, runs the phase.
+
+    Exits with status 0 after an interrupt (SIGTERM/SIGINT) that saved a checkpoint, so a
+    scheduler that preempted the job can simply start it again to resume.
+    """
+    # Orbax and JAX log every checkpoint step at INFO; the progress bar says what matters.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    sharding.initialize_distributed()
+    config = build(PhaseConfig, config_dict.to_dict())
+    result = run_phase(config, kind=kind)
+    if result["status"] == "interrupted":
+        print(f"[{kind}] interrupted at step {result['step']}; rerun the same command to resume")
+        sys.exit(0)
+    summary = {k: round(v, 4) for k, v in result.get("eval", {}).items()}
+    print(f"[{kind}] finished {result['step']} steps; held-out: {summary or 'none'}")
+    print(f"[{kind}] artifact: {config.run_dir}/artifact")
+    return result
