@@ -18,7 +18,13 @@ from model_testing import (
 )
 
 from rlhf_jax import models
-from rlhf_jax.models import CausalLM, from_hf_dict, load_pretrained, positions_from_mask
+from rlhf_jax.models import (
+    CausalLM,
+    from_hf_dict,
+    load_pretrained,
+    positions_from_mask,
+    to_hf_dict,
+)
 
 # Left pads per row: none, some, most.
 PADS = [0, 3, 7]
@@ -173,3 +179,13 @@ def test_older_config_layouts_parse_like_current_ones():
     rope = dict(llama3.pop("rope_parameters"))
     old_llama3 = llama3 | {"rope_theta": rope.pop("rope_theta"), "rope_scaling": rope}
     assert from_hf_dict(old_llama3) == from_hf_dict(ARCHS["llama3_tied"]().to_dict())
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_exported_config_parses_back_in_either_layout(arch):
+    cfg = from_hf_dict(ARCHS[arch]().to_dict())
+    exported = to_hf_dict(cfg, architecture="X")
+    assert from_hf_dict(exported) == cfg
+    # A transformers-4 reader ignores `rope_parameters`; the legacy keys must say the same.
+    legacy = {k: v for k, v in exported.items() if k != "rope_parameters"}
+    assert from_hf_dict(legacy) == cfg

@@ -302,6 +302,7 @@ def to_hf_dict(cfg: ModelConfig, *, architecture: str) -> dict:
         tie_word_embeddings=cfg.tie_embeddings,
         initializer_range=cfg.init_std,
         dtype=cfg.param_dtype,
+        torch_dtype=cfg.param_dtype,  # the transformers-4 name of `dtype`
     )
     head = dict(model_type=cfg.model_type, architectures=[architecture], vocab_size=cfg.vocab_size)
     if cfg.model_type == "gpt2":
@@ -317,11 +318,19 @@ def to_hf_dict(cfg: ModelConfig, *, architecture: str) -> dict:
             **ids,
         )
     rope: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
+    partial = cfg.rotary_dim / cfg.head_dim
     if cfg.rotary_dim != cfg.head_dim:
-        rope["partial_rotary_factor"] = cfg.rotary_dim / cfg.head_dim
+        rope["partial_rotary_factor"] = partial
+    scaling = None
     if cfg.rope_scaling is not None:
-        rope.update(dataclasses.asdict(cfg.rope_scaling))
-        rope["rope_type"] = rope.pop("kind")
+        scaling = dataclasses.asdict(cfg.rope_scaling)
+        scaling["rope_type"] = scaling.pop("kind")
+        rope.update(scaling)
+    # Readers built on transformers 4 (many serving stacks) know only the older keys; they are
+    # written beside `rope_parameters`, which transformers 5 reads first.
+    legacy: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_scaling": scaling}
+    if cfg.model_type == "gpt_neox":
+        legacy.update(rotary_pct=partial, rotary_emb_base=cfg.rope_theta)
     common = dict(
         **head,
         hidden_size=cfg.hidden_size,
@@ -331,6 +340,7 @@ def to_hf_dict(cfg: ModelConfig, *, architecture: str) -> dict:
         hidden_act=_HF_ACT[cfg.activation],
         max_position_embeddings=cfg.max_position_embeddings,
         rope_parameters=rope,
+        **legacy,
         **ids,
     )
     if cfg.model_type == "gpt_neox":

@@ -49,8 +49,9 @@ _ARCHITECTURES = {  # model_type → (causal LM class, sequence-classification c
 }
 _PREFIX = {"llama": "model.", "qwen2": "model.", "gpt2": "transformer.", "gpt_neox": "gpt_neox."}
 # Non-persistent buffers that older checkpoints saved; they carry no weights.
-_IGNORED = re.compile(r".*(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias|attention\.bias|"
-                      r"attention\.masked_bias)$")  # fmt: skip
+_IGNORED = re.compile(
+    r".*\.(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias|attention\.bias|attention\.masked_bias)$"
+)
 
 
 # ---------------------------------------------------------------------------------------------
