@@ -124,14 +124,14 @@ class _Checkpoint:
 # ---------------------------------------------------------------------------------------------
 # Tensor rules
 
-Path_ = tuple  # a parameter path as nnx.to_flat_state gives it, e.g. ("trunk", "embed")
+ParamPath = tuple  # a parameter path as nnx.to_flat_state gives it, e.g. ("trunk", "embed")
 
 
 @dataclasses.dataclass(frozen=True)
 class _Rule:
     hf_name: str
     hf_shape: tuple[int, ...]
-    ours: tuple[Path_, ...]
+    ours: tuple[ParamPath, ...]
     to_ours: Callable[[np.ndarray], tuple[np.ndarray, ...]]
     to_hf: Callable[..., np.ndarray]
 

@@ -264,7 +264,9 @@ class KVCache:
     """Preallocated keys/values for incremental decoding.
 
     Slot s of every row holds the token fed at call-time index s (prompts are left-padded, so
-    all rows share slot indices); `valid_BxS` marks slots holding real tokens.
+    all rows share slot indices); `valid_BxS` marks slots holding real tokens. A call must
+    fit: `end + T ≤ S` (`dynamic_update_slice` would clamp the write, not fail, under jit);
+    `generation.sample` sizes the cache exactly for prompt + response.
     """
 
     k: tuple[jax.Array, ...]  # per layer, (B, KV, S, K)
