@@ -1,0 +1,54 @@
+"""Per-iteration metric histories: the key names evaluation reads, and columns out of them.
+
+A history is what a training loop already logs: a list of dicts, one per iteration, of plain
+numbers. The default names are TRL's, which the PPO metrics use; the gold reward and response
+length have no TRL name, so they are ours. Pass a different ``HistoryKeys`` to read other logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryKeys:
+    """Where each quantity lives in a per-iteration metrics dict."""
+
+    iteration: str = "iteration"  # iteration number (the row index when absent)
+    kl: str = "objective/kl"  # mean KL(π ‖ π_ref) per response, in nats
+    proxy: str = "objective/scores"  # mean reward-model (proxy) score, before the KL penalty
+    gold: str = "gold/score"  # mean gold reward r* of the same responses
+    length: str = "response/length_mean"  # mean response length in tokens
+    entropy: str = "objective/entropy"  # mean policy entropy
+
+
+DEFAULT_KEYS = HistoryKeys()
+
+
+def column(history: Sequence[Mapping], key: str) -> np.ndarray:
+    """``history[i][key]`` as float64, NaN where a row lacks the key or holds None."""
+    out = np.full(len(history), np.nan)
+    for i, row in enumerate(history):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"history[{i}] must be a dict of metrics; got {type(row).__name__}")
+        value = row.get(key)
+        if value is not None:
+            try:
+                out[i] = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"history[{i}][{key!r}] is not a number: {value!r}") from None
+    return out
+
+
+def iterations(history: Sequence[Mapping], keys: HistoryKeys = DEFAULT_KEYS) -> np.ndarray:
+    """The iteration column, falling back to the row index where it is missing."""
+    its = column(history, keys.iteration)
+    return np.where(np.isnan(its), np.arange(len(history), dtype=np.float64), its)
+
+
+def has(history: Sequence[Mapping], key: str) -> bool:
+    """Whether any row holds a finite value for ``key``."""
+    return bool(np.any(np.isfinite(column(history, key))))

@@ -1,0 +1,94 @@
+"""KL–reward points from histories and their Pareto frontier."""
+
+import math
+
+import numpy as np
+import pytest
+
+from rlhf_jax.evaluation import (
+    FrontierPoint,
+    HistoryKeys,
+    collect_points,
+    frontier,
+    pareto_frontier,
+    points_from_history,
+)
+
+
+def dominated_reference(kl, reward):
+    """O(P²) definition: i is dominated if some j is no worse in both and better in one."""
+    out = []
+    for i in range(len(kl)):
+        dom = any(
+            kl[j] <= kl[i] and reward[j] >= reward[i] and (kl[j] < kl[i] or reward[j] > reward[i])
+            for j in range(len(kl))
+        )
+        out.append(dom)
+    return np.array(out)
+
+
+def test_hand_made_set():
+    kl = [0.0, 1.0, 2.0, 1.5, 3.0, 4.0, 2.0]
+    reward = [0.1, 0.5, 0.6, 0.4, 0.9, 0.8, 0.7]
+    # (1.5, 0.4) is beaten by (1.0, 0.5); (2.0, 0.6) by (2.0, 0.7); (4.0, 0.8) by (3.0, 0.9).
+    assert pareto_frontier(kl, reward).tolist() == [0, 1, 6, 4]
+
+
+def test_duplicates_keep_the_first_and_equal_reward_keeps_lower_kl():
+    assert pareto_frontier([1.0, 1.0, 2.0], [0.5, 0.5, 0.5]).tolist() == [0]
+    assert pareto_frontier([3.0, 1.0], [0.2, 0.2]).tolist() == [1]
+    assert pareto_frontier([5.0], [-1.0]).tolist() == [0]
+
+
+def test_random_sets_match_the_definition():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        kl = rng.integers(0, 6, size=15).astype(float)  # repeats on purpose
+        reward = rng.integers(0, 6, size=15).astype(float)
+        idx = pareto_frontier(kl, reward)
+        dom = dominated_reference(kl, reward)
+        # Every kept point is undominated; every undominated point is kept up to duplicates.
+        assert not dom[idx].any()
+        kept = {(kl[i], reward[i]) for i in idx}
+        assert kept == {(kl[i], reward[i]) for i in np.flatnonzero(~dom)}
+        assert len(kept) == len(idx)
+        assert np.all(np.diff(kl[idx]) > 0) and np.all(np.diff(reward[idx]) > 0)
+
+
+@pytest.mark.parametrize(
+    ("kl", "reward", "match"),
+    [
+        ([1.0, 2.0], [1.0], "kl_P has 2, reward_P has 1"),
+        ([], [], "kl_P is empty"),
+        ([np.nan], [1.0], "kl_P has a non-finite value"),
+    ],
+)
+def test_bad_input(kl, reward, match):
+    with pytest.raises(ValueError, match=match):
+        pareto_frontier(kl, reward)
+
+
+def test_points_from_histories_and_frontier_of_points():
+    keys = HistoryKeys()
+    history = [
+        {"iteration": 0, keys.kl: 0.0, keys.proxy: 0.0, keys.gold: 0.0},
+        {"iteration": 10, keys.kl: 2.0, keys.proxy: 1.0, keys.gold: 0.8},
+        {"iteration": 20, keys.kl: None, keys.proxy: 1.5},  # no KL: not placeable
+        {"iteration": 30, keys.kl: 6.0, keys.proxy: 2.5, keys.gold: 0.6},
+    ]
+    points = points_from_history(history, run="ppo")
+    assert [(p.iteration, p.kl, p.gold) for p in points] == [
+        (0, 0.0, 0.0),
+        (10, 2.0, 0.8),
+        (30, 6.0, 0.6),
+    ]
+    assert all(p.run == "ppo" and p.kind == "policy" for p in points)
+    dpo = FrontierPoint(kl=1.0, gold=0.9, proxy=math.nan, run="dpo")
+    no_gold = FrontierPoint(kl=0.5, gold=math.nan, proxy=3.0, run="x")
+    pts = [*collect_points({"ppo": history}), dpo, no_gold]
+    assert [(p.run, p.kl) for p in frontier(pts)] == [("ppo", 0.0), ("dpo", 1.0)]
+    # By proxy the DPO point (no proxy) drops out and the proxy-rich point leads.
+    assert [(p.run, p.kl) for p in frontier(pts, reward="proxy")] == [("ppo", 0.0), ("x", 0.5)]
+    assert frontier([no_gold]) == []
+    with pytest.raises(ValueError, match="reward="):
+        frontier(pts, reward="kl")
