@@ -1,0 +1,327 @@
+"""Reward-hacking monitors: warnings computed from statistics a PPO loop already has.
+
+Optimising a learned reward eventually games it (Gao et al. 2022): the proxy keeps rising while
+the gold reward turns down, responses drift in length because raters and reward models like
+length (Singhal et al. 2023), the policy runs away from the reference, or it collapses onto a
+few high-scoring outputs. Each monitor watches one symptom and warns past a threshold:
+
+    proxy_gold_divergence  gold (moving average over ``window``) has fallen from its peak by
+                           more than ``gold_drop`` × the initial across-sample gold std while
+                           the proxy (same average) is above its value at that peak
+    proxy_gold_correlation corr(proxy_B, gold_B) across samples < ``min_proxy_gold_corr``
+    length_correlation     corr(proxy_B, lengths_B) across samples > ``max_length_corr``
+    length_drift           |mean length / initial mean length − 1| > ``max_length_drift``
+    kl_blowup              kl > ``max_kl`` nats, or kl not finite
+    kl_growth              least-squares slope of kl over the last ``window`` updates
+                           > ``max_kl_rate`` nats per iteration
+    entropy_collapse       entropy < ``min_entropy_frac`` × initial entropy
+
+"Initial" is the first update that carried the statistic (ideally the SFT policy's samples).
+Correlations use ``config.correlation`` (Spearman by default: rank-based, so one outlying
+reward-model score cannot make or break it). A monitor whose inputs are missing, or whose
+correlation is undefined (a constant batch), is skipped for that update.
+
+Letters: B samples (responses) in the iteration's batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from rlhf_jax.evaluation._checks import as_vector, same_length
+from rlhf_jax.evaluation.correlation import correlation, slope
+
+logger = logging.getLogger(__name__)
+
+STATS_KEYS = ("proxy_scores_B", "gold_scores_B", "lengths_B", "kl", "entropy")
+MONITORS = (
+    "proxy_gold_divergence",
+    "proxy_gold_correlation",
+    "length_correlation",
+    "length_drift",
+    "kl_blowup",
+    "kl_growth",
+    "entropy_collapse",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorConfig:
+    """Thresholds of the reward-hacking monitors (see the module docstring)."""
+
+    window: int = 5  # updates in the moving average (divergence) and the KL trend
+    correlation: str = "spearman"  # "spearman" or "pearson", for the across-sample correlations
+    gold_drop: float = 0.25  # gold fall from its peak, in initial across-sample gold stds
+    min_proxy_gold_corr: float = 0.3  # proxy–gold correlation below this warns
+    max_length_corr: float = 0.5  # proxy–length correlation above this warns
+    max_length_drift: float = 0.5  # relative change of mean length from the start
+    max_kl: float = 20.0  # nats per response; Ziegler et al.'s adaptive target is 6
+    max_kl_rate: float = 1.0  # nats per iteration, least-squares over the window
+    min_entropy_frac: float = 0.25  # of the initial entropy
+
+    def __post_init__(self):
+        if isinstance(self.window, bool) or int(self.window) != self.window or self.window < 2:
+            raise ValueError(f"MonitorConfig.window must be an integer ≥ 2; got {self.window!r}")
+        if self.correlation not in ("pearson", "spearman"):
+            raise ValueError(
+                f"MonitorConfig.correlation={self.correlation!r}; expected 'pearson' or 'spearman'"
+            )
+        for name in ("gold_drop", "max_length_drift", "max_kl", "max_kl_rate", "min_entropy_frac"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"MonitorConfig.{name} must be a finite number ≥ 0; got {value!r}")
+        for name in ("min_proxy_gold_corr", "max_length_corr"):
+            value = getattr(self, name)
+            if not -1.0 <= value <= 1.0:
+                raise ValueError(f"MonitorConfig.{name} must be in [-1, 1]; got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorWarning:
+    """One monitor firing at one update."""
+
+    iteration: int
+    monitor: str  # one of MONITORS
+    message: str
+    value: float  # the statistic that crossed the threshold
+    threshold: float
+
+    def __str__(self) -> str:
+        return f"[iteration {self.iteration}] {self.monitor}: {self.message}"
+
+
+def relative_change(now: float, start: float) -> float:
+    """(now − start) / |start|: the relative drift of a positive quantity like mean length."""
+    if start == 0:
+        return math.inf if now != 0 else 0.0
+    return (now - start) / abs(start)
+
+
+def _scalar(stats: Mapping, key: str) -> float | None:
+    if stats.get(key) is None:
+        return None
+    arr = np.asarray(stats[key], dtype=np.float64)
+    if arr.size != 1:
+        raise ValueError(f"stats[{key!r}] must be a scalar; got shape {arr.shape}")
+    return float(arr.reshape(()))
+
+
+class HackingMonitor:
+    """Watches per-iteration PPO statistics and warns on the symptoms of reward hacking.
+
+        monitor = HackingMonitor(MonitorConfig())
+        for it in range(iterations):
+            ...
+            for w in monitor.update(it, {"proxy_scores_B": scores, "gold_scores_B": gold,
+                                         "lengths_B": lengths, "kl": kl, "entropy": ent}):
+                ...  # also logged with logging.warning when a monitor starts firing
+        report_data = monitor.summary()
+
+    ``stats`` keys (all optional; each monitor runs when its inputs are present):
+      proxy_scores_B  reward-model scores of this iteration's responses, before the KL penalty
+      gold_scores_B   gold reward r* of the same responses (where one exists)
+      lengths_B       the responses' lengths in tokens (up to and including EOS)
+      kl              mean KL(π ‖ π_ref) per response, nats (a scalar)
+      entropy         mean per-token policy entropy, nats (a scalar)
+    Arrays may be NumPy or JAX (brought to the host); per-sample arrays must be 1-D, the same
+    length, finite. A non-finite ``kl`` or ``entropy`` is itself reported as a warning.
+
+    ``update`` returns every warning that holds at this iteration; ``logging.warning`` is
+    called only when a monitor starts firing, so a long episode of hacking logs once.
+    ``latest`` holds this update's statistics under ``monitor/…`` names for a metric writer.
+    """
+
+    def __init__(self, config: MonitorConfig = MonitorConfig()):
+        self.config = config
+        self.warnings: list[MonitorWarning] = []
+        self.latest: dict[str, float] = {}
+        self.updates = 0
+        self._baseline: dict[str, float] = {}
+        self._firing: set[str] = set()
+        self._proxy_means: list[float] = []  # per update that had gold, for the divergence
+        self._gold_means: list[float] = []
+        self._smoothed: list[tuple[float, float]] = []  # (proxy, gold) moving averages
+        self._kl: list[tuple[float, float]] = []  # (iteration, kl), finite only
+        self._last_iteration: int | None = None
+
+    # -- one update ----------------------------------------------------------------------
+
+    def update(self, iteration: int, stats: Mapping) -> list[MonitorWarning]:
+        unknown = sorted(set(stats) - set(STATS_KEYS))
+        if unknown:
+            raise ValueError(f"stats has unknown keys {unknown}; expected some of {STATS_KEYS}")
+        arrays = {
+            k: as_vector(stats[k], f"stats[{k!r}]")
+            for k in ("proxy_scores_B", "gold_scores_B", "lengths_B")
+            if stats.get(k) is not None
+        }
+        if len(arrays) > 1:
+            same_length(**{f"stats[{k!r}]": v for k, v in arrays.items()})
+        proxy = arrays.get("proxy_scores_B")
+        gold = arrays.get("gold_scores_B")
+        lengths = arrays.get("lengths_B")
+        kl = _scalar(stats, "kl")
+        entropy = _scalar(stats, "entropy")
+
+        self.latest = {}
+        fired: list[MonitorWarning] = []
+        warn = lambda *a: fired.append(MonitorWarning(int(iteration), *a))
+        cfg = self.config
+
+        if proxy is not None and gold is not None:
+            self._divergence(proxy, gold, warn)
+            r = self._corr(proxy, gold)
+            self.latest["monitor/proxy_gold_corr"] = r
+            if r < cfg.min_proxy_gold_corr:  # NaN compares False: skipped
+                warn(
+                    "proxy_gold_correlation",
+                    f"{cfg.correlation} corr(proxy, gold) = {r:.3f} < {cfg.min_proxy_gold_corr}",
+                    r,
+                    cfg.min_proxy_gold_corr,
+                )
+        if lengths is not None:
+            self._length(proxy, gold, lengths, warn)
+        if kl is not None:
+            self._kl_checks(iteration, kl, warn)
+        if entropy is not None:
+            self._entropy(entropy, warn)
+
+        self.updates += 1
+        self._last_iteration = int(iteration)
+        now = {w.monitor for w in fired}
+        for w in fired:
+            if w.monitor not in self._firing:
+                logger.warning("reward-hacking monitor: %s", w)
+        self._firing = now
+        self.warnings.extend(fired)
+        return fired
+
+    def _corr(self, x: np.ndarray, y: np.ndarray) -> float:
+        if len(x) < 2:
+            return math.nan
+        return correlation(x, y, method=self.config.correlation)
+
+    def _divergence(self, proxy: np.ndarray, gold: np.ndarray, warn) -> None:
+        cfg = self.config
+        if "gold_std" not in self._baseline:
+            # Scale-free threshold: gold units are whatever r* is. A degenerate batch falls
+            # back to raw units rather than dividing by zero.
+            std = float(np.std(gold))
+            self._baseline["gold_std"] = std if std > 0 else 1.0
+        self._proxy_means.append(float(proxy.mean()))
+        self._gold_means.append(float(gold.mean()))
+        w = cfg.window
+        smoothed = (float(np.mean(self._proxy_means[-w:])), float(np.mean(self._gold_means[-w:])))
+        self._smoothed.append(smoothed)
+        peak = int(np.argmax([g for _, g in self._smoothed]))
+        proxy_peak, gold_peak = self._smoothed[peak]
+        proxy_now, gold_now = smoothed
+        drop = (gold_peak - gold_now) / self._baseline["gold_std"]
+        self.latest["monitor/gold_drop_from_peak"] = drop
+        if drop > cfg.gold_drop and proxy_now > proxy_peak:
+            warn(
+                "proxy_gold_divergence",
+                f"gold fell {drop:.2f} std from its peak ({gold_peak:.3f} → {gold_now:.3f}) "
+                f"while proxy rose ({proxy_peak:.3f} → {proxy_now:.3f})",
+                drop,
+                cfg.gold_drop,
+            )
+
+    def _length(self, proxy, gold, lengths: np.ndarray, warn) -> None:
+        cfg = self.config
+        mean = float(lengths.mean())
+        start = self._baseline.setdefault("length_mean", mean)
+        drift = relative_change(mean, start)
+        self.latest["monitor/length_mean"] = mean
+        self.latest["monitor/length_drift"] = drift
+        if abs(drift) > cfg.max_length_drift:
+            warn(
+                "length_drift",
+                f"mean length {mean:.1f} is {100 * drift:+.0f}% from {start:.1f} at the start",
+                drift,
+                cfg.max_length_drift,
+            )
+        if gold is not None:
+            # Logged for comparison: length that the gold reward also likes is not hacking.
+            self.latest["monitor/gold_length_corr"] = self._corr(gold, lengths)
+        if proxy is not None:
+            r = self._corr(proxy, lengths)
+            self.latest["monitor/proxy_length_corr"] = r
+            if r > cfg.max_length_corr:
+                warn(
+                    "length_correlation",
+                    f"{cfg.correlation} corr(proxy, length) = {r:.3f} > {cfg.max_length_corr}",
+                    r,
+                    cfg.max_length_corr,
+                )
+
+    def _kl_checks(self, iteration: int, kl: float, warn) -> None:
+        cfg = self.config
+        self.latest["monitor/kl"] = kl
+        if not math.isfinite(kl) or kl > cfg.max_kl:
+            warn("kl_blowup", f"KL = {kl:.3f} nats > {cfg.max_kl}", kl, cfg.max_kl)
+        if not math.isfinite(kl):
+            return
+        self._kl.append((float(iteration), kl))
+        recent = self._kl[-cfg.window :]
+        if len(recent) == cfg.window and len({t for t, _ in recent}) > 1:
+            rate = slope([t for t, _ in recent], [k for _, k in recent])
+            self.latest["monitor/kl_rate"] = rate
+            if rate > cfg.max_kl_rate:
+                warn(
+                    "kl_growth",
+                    f"KL grows {rate:.3f} nats/iteration over {cfg.window} updates "
+                    f"> {cfg.max_kl_rate}",
+                    rate,
+                    cfg.max_kl_rate,
+                )
+
+    def _entropy(self, entropy: float, warn) -> None:
+        cfg = self.config
+        if not math.isfinite(entropy):
+            warn("entropy_collapse", f"entropy is {entropy}", entropy, cfg.min_entropy_frac)
+            return
+        start = self._baseline.setdefault("entropy", entropy)
+        frac = entropy / start if start > 0 else math.nan
+        self.latest["monitor/entropy_frac"] = frac
+        if frac < cfg.min_entropy_frac:
+            warn(
+                "entropy_collapse",
+                f"entropy {entropy:.3f} is {frac:.2f} of its initial {start:.3f} "
+                f"< {cfg.min_entropy_frac}",
+                frac,
+                cfg.min_entropy_frac,
+            )
+
+    # -- over the run --------------------------------------------------------------------
+
+    def summary(self) -> dict:
+        """Plain-data summary for the report: per monitor, how often and when it fired.
+
+        Keys: ``updates``, ``last_iteration``, ``config`` (the thresholds), ``baseline``
+        (initial gold std, mean length, entropy), ``firing`` (monitors firing at the last
+        update), ``monitors`` (name → count, first/last iteration, last message) for every
+        monitor that fired, and ``warnings`` (all of them, as dicts).
+        """
+        monitors: dict[str, dict] = {}
+        for w in self.warnings:
+            entry = monitors.setdefault(
+                w.monitor, {"count": 0, "first_iteration": w.iteration, "threshold": w.threshold}
+            )
+            entry["count"] += 1
+            entry["last_iteration"] = w.iteration
+            entry["last_message"] = w.message
+        return {
+            "updates": self.updates,
+            "last_iteration": self._last_iteration,
+            "config": dataclasses.asdict(self.config),
+            "baseline": dict(self._baseline),
+            "firing": sorted(self._firing),
+            "monitors": {m: monitors[m] for m in MONITORS if m in monitors},
+            "warnings": [dataclasses.asdict(w) for w in self.warnings],
+        }
