@@ -1,5 +1,5 @@
 """Evaluation of RLHF policies: win rates, the KL–reward frontier, best-of-n, reward-hacking
-monitors and a red-team pass.
+monitors, a red-team pass, and the end-of-run report.
 
     from rlhf_jax import evaluation as ev
 
@@ -8,6 +8,7 @@ monitors and a red-team pass.
     ev.frontier(ev.collect_points({"ppo": history}))      # Pareto points of (low KL, high reward)
     monitor = ev.HackingMonitor(ev.MonitorConfig())       # .update(it, stats) -> warnings
     ev.red_team(prompts, score_before=..., score_after=...)
+    ev.write_report(run_dir, runs={"ppo": history}, win_rates=..., monitors=monitor.summary())
 
 Everything here runs on the host in NumPy float64 after the device work: it is evaluation and
 logging, not a training step, and it imports nothing from the training code. The generator,
@@ -49,6 +50,14 @@ from rlhf_jax.evaluation.redteam import (
     load_prompts,
     red_team,
 )
+from rlhf_jax.evaluation.report import (
+    Report,
+    plot_length,
+    plot_proxy_and_gold,
+    plot_reward_vs_kl,
+    plot_win_rates,
+    write_report,
+)
 from rlhf_jax.evaluation.winrate import WinRate, wilson_interval, win_rate
 
 __all__ = [
@@ -64,6 +73,7 @@ __all__ = [
     "MonitorWarning",
     "RedTeamResult",
     "Regression",
+    "Report",
     "WinRate",
     "best_of_n_curve",
     "best_of_n_scores",
@@ -76,6 +86,10 @@ __all__ = [
     "load_prompts",
     "pareto_frontier",
     "pearson",
+    "plot_length",
+    "plot_proxy_and_gold",
+    "plot_reward_vs_kl",
+    "plot_win_rates",
     "points_from_history",
     "rankdata",
     "red_team",
@@ -86,4 +100,5 @@ __all__ = [
     "spearman",
     "wilson_interval",
     "win_rate",
+    "write_report",
 ]

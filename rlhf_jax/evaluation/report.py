@@ -1,0 +1,443 @@
+"""The end-of-run report: a markdown summary, PNG plots, and the same data as JSON.
+
+Everything comes in as plain Python data, so the report needs nothing from the training code:
+
+    runs          run name → per-iteration metrics dicts (read through ``HistoryKeys``)
+    extra_points  ``FrontierPoint``s that are not iterations: the SFT policy at KL 0, a DPO
+                  policy, a final evaluation
+    best_of_n     ``BestOfNPoint``s from ``best_of_n_curve`` / ``run_best_of_n``
+    win_rates     label → ``WinRate`` (e.g. "PPO vs SFT, gold")
+    monitors      ``HackingMonitor.summary()``
+    red_team      ``RedTeamResult``
+
+Plots use matplotlib's object API with the Agg canvas (no pyplot, no global backend state),
+so writing a report is safe inside a training process or a notebook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rlhf_jax.evaluation.best_of_n import BestOfNPoint
+from rlhf_jax.evaluation.frontier import FrontierPoint, collect_points, frontier
+from rlhf_jax.evaluation.history import DEFAULT_KEYS, HistoryKeys, column, has, iterations
+from rlhf_jax.evaluation.redteam import RedTeamResult
+from rlhf_jax.evaluation.winrate import WinRate
+
+# Rows of a red-team or warning table shown in the markdown; report.json keeps all of them.
+MAX_TABLE_ROWS = 30
+
+
+def _figure(nrows: int = 1, height: float = 4.0):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError(
+            "the evaluation report's plots need matplotlib: pip install matplotlib"
+        ) from e
+    fig = Figure(figsize=(7.0, height * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, 1, sharex=True, squeeze=False)[:, 0]
+    return fig, axes
+
+
+def _integer_ticks(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=110)
+    return path
+
+
+def plot_reward_vs_kl(
+    path,
+    points: Sequence[FrontierPoint],
+    *,
+    best_of_n: Sequence[BestOfNPoint] = (),
+    reward: str = "gold",
+) -> Path:
+    """Reward (``reward`` = "gold" or "proxy") against KL: each run's iterations, the other
+    points, best-of-n at its analytic KL, and the Pareto frontier of all of them."""
+    bon = [p.frontier_point() for p in best_of_n]
+    usable = [p for p in [*points, *bon] if math.isfinite(p.kl) and math.isfinite(p.reward(reward))]
+    if not usable:
+        raise ValueError(f"points and best_of_n hold no point with a finite KL and {reward} reward")
+    fig, (ax,) = _figure()
+    runs = {p.run for p in usable if p.kind == "policy" and p.iteration is not None}
+    for run in sorted(runs):
+        pts = [p for p in usable if p.run == run and p.kind == "policy" and p.iteration is not None]
+        pts.sort(key=lambda p: p.iteration)
+        ax.plot(
+            [p.kl for p in pts],
+            [p.reward(reward) for p in pts],
+            "o-",
+            ms=3,
+            lw=1,
+            alpha=0.8,
+            label=f"{run} (iterations)",
+        )
+    for p in usable:
+        if p.kind != "best_of_n" and p.iteration is None:
+            ax.plot([p.kl], [p.reward(reward)], "*", ms=12, label=p.run or p.kind)
+    bon_pts = [p for p in usable if p.kind == "best_of_n"]
+    if bon_pts:
+        ax.plot(
+            [p.kl for p in bon_pts],
+            [p.reward(reward) for p in bon_pts],
+            "ks--",
+            ms=5,
+            lw=1,
+            label="best-of-n",
+        )
+        for b in best_of_n:
+            y = b.gold if reward == "gold" else b.proxy
+            if math.isfinite(y):
+                ax.annotate(
+                    f"n={b.n}", (b.kl, y), textcoords="offset points", xytext=(4, -10), fontsize=7
+                )
+    front = frontier(usable, reward=reward)
+    ax.step(
+        [p.kl for p in front],
+        [p.reward(reward) for p in front],
+        where="post",
+        color="grey",
+        lw=2,
+        alpha=0.5,
+        label="Pareto frontier",
+    )
+    ax.set_xlabel("KL(π ‖ π_ref) per response (nats)")
+    ax.set_ylabel(f"{reward} reward")
+    ax.set_title(f"{reward.capitalize()} reward vs KL")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _runs_with(runs: Mapping[str, Sequence[Mapping]], key: str) -> list[str]:
+    return [name for name, history in runs.items() if history and has(history, key)]
+
+
+def plot_proxy_and_gold(
+    path, runs: Mapping[str, Sequence[Mapping]], *, keys: HistoryKeys = DEFAULT_KEYS
+) -> Path:
+    """Proxy (top) and gold (bottom) reward over iterations, one line per run."""
+    with_proxy, with_gold = _runs_with(runs, keys.proxy), _runs_with(runs, keys.gold)
+    if not with_proxy and not with_gold:
+        raise ValueError(f"no run logs {keys.proxy!r} or {keys.gold!r}")
+    fig, (top, bottom) = _figure(2, height=3.0)
+    for ax, key, names, label in (
+        (top, keys.proxy, with_proxy, "proxy (reward model)"),
+        (bottom, keys.gold, with_gold, "gold reward"),
+    ):
+        for name in names:
+            its, y = iterations(runs[name], keys), column(runs[name], key)
+            ok = np.isfinite(y)
+            ax.plot(its[ok], y[ok], "-", lw=1.2, label=name)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if names:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center")
+    top.set_title("Proxy vs gold reward over training")
+    bottom.set_xlabel("iteration")
+    _integer_ticks(bottom.xaxis)
+    return _save(fig, path)
+
+
+def plot_length(
+    path, runs: Mapping[str, Sequence[Mapping]], *, keys: HistoryKeys = DEFAULT_KEYS
+) -> Path:
+    """Mean response length over iterations, one line per run."""
+    names = _runs_with(runs, keys.length)
+    if not names:
+        raise ValueError(f"no run logs {keys.length!r}")
+    fig, (ax,) = _figure()
+    for name in names:
+        its, y = iterations(runs[name], keys), column(runs[name], keys.length)
+        ok = np.isfinite(y)
+        ax.plot(its[ok], y[ok], "-", lw=1.2, label=name)
+    ax.set_xlabel("iteration")
+    _integer_ticks(ax.xaxis)
+    ax.set_ylabel("mean response length (tokens)")
+    ax.set_title("Response length over training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_win_rates(path, win_rates: Mapping[str, WinRate]) -> Path:
+    """Win rates with their confidence intervals as horizontal bars; 0.5 marks parity."""
+    if not win_rates:
+        raise ValueError("win_rates is empty")
+    labels = list(win_rates)
+    rates = np.array([w.rate for w in win_rates.values()])
+    err = np.array(
+        [
+            [w.rate - w.ci_low for w in win_rates.values()],
+            [w.ci_high - w.rate for w in win_rates.values()],
+        ]
+    )
+    fig, (ax,) = _figure(height=1.0 + 0.5 * len(labels))
+    y = np.arange(len(labels))
+    ax.barh(y, rates, xerr=err, capsize=4, color="tab:blue", alpha=0.7)
+    for yi, w in zip(y, win_rates.values(), strict=True):
+        ax.text(min(w.ci_high + 0.02, 0.9), yi, f"{w.rate:.2f} (n={w.n})", va="center", fontsize=8)
+    ax.axvline(0.5, color="k", lw=1, ls="--")
+    ax.set_yticks(y, labels)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("win rate (ties count half), with confidence interval")
+    ax.set_title("Win rate")
+    return _save(fig, path)
+
+
+def _last_finite(history: Sequence[Mapping], key: str) -> float | None:
+    values = column(history, key)
+    finite = values[np.isfinite(values)]
+    return float(finite[-1]) if finite.size else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    markdown: Path  # report.md
+    json: Path  # report.json: the same data in full
+    plots: dict[str, Path]  # plot name → PNG
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return "–" if math.isnan(x) else f"{x:.4g}"
+    return str(x)
+
+
+def _cell(text: str, limit: int = 80) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_cell(_fmt(c)) for c in row) + " |" for row in rows]
+    return [*out, ""]
+
+
+def _clipped(rows: list, what: str) -> tuple[list, list[str]]:
+    if len(rows) <= MAX_TABLE_ROWS:
+        return rows, []
+    return rows[:MAX_TABLE_ROWS], [
+        f"… and {len(rows) - MAX_TABLE_ROWS} more {what}; all are in report.json.",
+        "",
+    ]
+
+
+def _jsonable(x):
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return _jsonable(dataclasses.asdict(x))
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # JSON has no NaN
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_report(
+    out_dir,
+    *,
+    runs: Mapping[str, Sequence[Mapping]] | None = None,
+    keys: HistoryKeys = DEFAULT_KEYS,
+    extra_points: Sequence[FrontierPoint] = (),
+    best_of_n: Sequence[BestOfNPoint] = (),
+    win_rates: Mapping[str, WinRate] | None = None,
+    monitors: Mapping | None = None,
+    red_team: RedTeamResult | None = None,
+    title: str = "RLHF run report",
+    notes: Mapping[str, object] | None = None,
+) -> Report:
+    """Write ``report.md``, ``report.json`` and the PNG plots the data allows into ``out_dir``.
+
+    A plot whose data is missing is left out and the markdown says so; ``notes`` (e.g. the
+    config name, wall time) become a table at the top.
+    """
+    runs = dict(runs or {})
+    win_rates = dict(win_rates or {})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, Path] = {}
+    md = [f"# {title}", ""]
+    if notes:
+        md += _table(["", "value"], [[k, v] for k, v in notes.items()])
+
+    md += ["## Summary", ""]
+    if runs:
+        rows = []
+        for name, history in runs.items():
+            last = [_last_finite(history, k) for k in (keys.kl, keys.proxy, keys.gold, keys.length)]
+            rows.append([name, len(history), *last])
+        md += ["Last logged value of each run:", ""]
+        md += _table(["run", "iterations", "KL", "proxy", "gold", "length"], rows)
+    else:
+        md += ["No training history was given.", ""]
+
+    md += ["## Win rate", ""]
+    if win_rates:
+        plots["win_rate"] = plot_win_rates(out / "win_rate.png", win_rates)
+        md += [f"![win rate]({plots['win_rate'].name})", ""]
+        pct = {round(100 * w.confidence) for w in win_rates.values()}
+        md += _table(
+            [
+                "comparison",
+                "win rate",
+                f"{'/'.join(map(str, sorted(pct)))}% CI (Wilson)",
+                "wins / ties / losses",
+                "n",
+            ],
+            [
+                [
+                    k,
+                    w.rate,
+                    f"[{w.ci_low:.3f}, {w.ci_high:.3f}]",
+                    f"{w.wins} / {w.ties} / {w.losses}",
+                    w.n,
+                ]
+                for k, w in win_rates.items()
+            ],
+        )
+    else:
+        md += ["No win rate was computed.", ""]
+
+    points = [*collect_points(runs, keys=keys), *extra_points]
+    bon_fp = [b.frontier_point() for b in best_of_n]
+    reward = "gold" if any(math.isfinite(p.gold) for p in [*points, *bon_fp]) else "proxy"
+    md += [f"## {reward.capitalize()} reward vs KL", ""]
+    try:
+        plots["reward_vs_kl"] = plot_reward_vs_kl(
+            out / "reward_vs_kl.png", points, best_of_n=best_of_n, reward=reward
+        )
+    except ValueError:
+        md += ["No point with both a KL and a reward was logged.", ""]
+    else:
+        if reward == "proxy":
+            md += ["No gold reward was logged, so this is the proxy (reward-model) score.", ""]
+        md += [f"![reward vs KL]({plots['reward_vs_kl'].name})", "", "Pareto frontier:", ""]
+        front = frontier([*points, *bon_fp], reward=reward)
+        rows, more = _clipped(front, "frontier points")
+        md += _table(
+            ["run", "kind", "iteration", "KL", "gold", "proxy"],
+            [[p.run, p.kind, p.iteration, p.kl, p.gold, p.proxy] for p in rows],
+        )
+        md += more
+    if best_of_n:
+        md += ["Best-of-n (KL = log n − (n−1)/n):", ""]
+        md += _table(
+            ["n", "KL", "proxy", "gold"], [[b.n, b.kl, b.proxy, b.gold] for b in best_of_n]
+        )
+
+    md += ["## Proxy vs gold reward over training", ""]
+    try:
+        plots["proxy_gold"] = plot_proxy_and_gold(out / "proxy_gold.png", runs, keys=keys)
+        md += [f"![proxy and gold reward]({plots['proxy_gold'].name})", ""]
+    except ValueError:
+        md += [f"Not logged ({keys.proxy!r}, {keys.gold!r}).", ""]
+
+    md += ["## Response length over training", ""]
+    try:
+        plots["length"] = plot_length(out / "length.png", runs, keys=keys)
+        md += [f"![response length]({plots['length'].name})", ""]
+    except ValueError:
+        md += [f"Not logged ({keys.length!r}).", ""]
+
+    md += ["## Reward-hacking monitors", ""]
+    if monitors is None:
+        md += ["The monitors did not run.", ""]
+    elif not monitors.get("monitors"):
+        md += [f"No monitor fired over {monitors.get('updates', 0)} updates.", ""]
+    else:
+        fired = monitors["monitors"]
+        md += [
+            f"{len(fired)} monitor(s) fired over {monitors.get('updates', 0)} updates; "
+            f"still firing at the end: {', '.join(monitors.get('firing', [])) or 'none'}.",
+            "",
+        ]
+        md += _table(
+            ["monitor", "updates fired", "first", "last", "threshold", "last message"],
+            [
+                [
+                    m,
+                    e["count"],
+                    e["first_iteration"],
+                    e["last_iteration"],
+                    e["threshold"],
+                    e["last_message"],
+                ]
+                for m, e in fired.items()
+            ],
+        )
+
+    md += ["## Red team", ""]
+    if red_team is None:
+        md += ["No red-team pass was run.", ""]
+    else:
+        s = red_team.summary()
+        md += [
+            f"{s['regressions']} of {s['prompts']} prompts regressed (after < before − "
+            f"{s['tolerance']:g}); {s['improved']} improved. Mean score {s['mean_before']:.4g} "
+            f"→ {s['mean_after']:.4g}.",
+            "",
+        ]
+        if red_team.regressions:
+            rows, more = _clipped(red_team.regressions, "regressions")
+            md += (
+                _table(
+                    ["#", "prompt", "before", "after", "Δ"],
+                    [[r.index, r.prompt, r.before, r.after, r.delta] for r in rows],
+                )
+                + more
+            )
+
+    md_path, json_path = out / "report.md", out / "report.json"
+    md_path.write_text("\n".join(md).rstrip() + "\n", encoding="utf-8")
+    data = {
+        "title": title,
+        "notes": notes or {},
+        "runs": runs,
+        "extra_points": list(extra_points),
+        "best_of_n": list(best_of_n),
+        "win_rates": win_rates,
+        "monitors": monitors,
+        "red_team": None
+        if red_team is None
+        else {
+            **red_team.summary(),
+            "regressions": [
+                {**dataclasses.asdict(r), "delta": r.delta} for r in red_team.regressions
+            ],
+            "prompts": red_team.prompts,
+            "before": red_team.before_P,
+            "after": red_team.after_P,
+        },
+        "plots": plots,
+    }
+    json_path.write_text(json.dumps(_jsonable(data), indent=1, default=str), encoding="utf-8")
+    return Report(md_path, json_path, plots)
