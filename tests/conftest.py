@@ -1,6 +1,7 @@
 """Shared test set-up: strict numerics so shape bugs fail loudly instead of broadcasting."""
 
 import os
+import tempfile
 
 # Tests run on the CPU only, whatever the machine has.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -12,6 +13,16 @@ import jax
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
+# Tests build the same tiny programs many times (each run of a phase jits afresh); a persistent
+# compilation cache lets the second build of an identical program skip XLA compilation.
+jax.config.update(
+    "jax_compilation_cache_dir",
+    os.environ.get(
+        "RLHF_JAX_TEST_CACHE", os.path.join(tempfile.gettempdir(), "rlhf_jax_xla_cache")
+    ),
+)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 

@@ -114,7 +114,7 @@ def model_config_from_dict(d: dict) -> models.ModelConfig:
     return models.ModelConfig(**d)
 
 
-def _source_model_config(source: ModelSource) -> models.ModelConfig:
+def source_model_config(source: ModelSource) -> models.ModelConfig:
     if source.init is not None:
         cfg = source.init
     elif source.hf_path is not None:
@@ -125,14 +125,14 @@ def _source_model_config(source: ModelSource) -> models.ModelConfig:
     return cfg.replace(dtype=source.dtype, param_dtype=source.param_dtype)
 
 
-def _build_module(kind: PhaseKind, cfg: models.ModelConfig, seed: int) -> nnx.Module:
+def build_module(kind: PhaseKind, cfg: models.ModelConfig, seed: int) -> nnx.Module:
     rngs = nnx.Rngs(seed)
     if kind == "reward":
         return models.ScalarModel(cfg, kind="reward", rngs=rngs)
     return models.CausalLM(cfg, rngs=rngs)
 
 
-def _source_params(kind: PhaseKind, source: ModelSource, cfg, seed, abstract_params, shardings):
+def source_params(kind: PhaseKind, source: ModelSource, cfg, seed, abstract_params, shardings):
     """The initial parameters (sharded), or None for a random init done under jit."""
     target = state_lib.abstract_like(abstract_params, shardings)
     if source.init is not None:
@@ -150,7 +150,7 @@ def _source_params(kind: PhaseKind, source: ModelSource, cfg, seed, abstract_par
                 source.artifact, state_lib.abstract_like(lm_abstract, lm_sh)
             )
             fresh = jax.jit(
-                lambda: state_lib.split_model(_build_module(kind, cfg, seed))[1],
+                lambda: state_lib.split_model(build_module(kind, cfg, seed))[1],
                 out_shardings=shardings,
             )()
             fresh["trunk"] = lm_params["trunk"]
@@ -260,12 +260,12 @@ def run_phase(
     if len(train.examples) == 0:
         raise ValueError(f"data.path={config.data.path!r}: no usable examples (see the report)")
 
-    model_cfg = _source_model_config(config.model)
-    model_fn = functools.partial(_build_module, kind, model_cfg, config.seed)
+    model_cfg = source_model_config(config.model)
+    model_fn = functools.partial(build_module, kind, model_cfg, config.seed)
     abstract = nnx.eval_shape(model_fn)
     graphdef, abstract_params, _ = state_lib.split_model(abstract)
     param_sh = sharding_lib.state_shardings(abstract_params, mesh)
-    initial = _source_params(kind, config.model, model_cfg, config.seed, abstract_params, param_sh)
+    initial = source_params(kind, config.model, model_cfg, config.seed, abstract_params, param_sh)
     needs_reference = kind == "dpo" and config.dpo.loss_type not in dpo_lib.REFERENCE_FREE
     in_step_reference = needs_reference and not config.dpo.precompute_reference
     reference = None

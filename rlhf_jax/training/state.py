@@ -57,6 +57,7 @@ class OptimizerConfig:
     eps: float = 1e-8  # added outside the square root (PyTorch placement)
     eps_root: float = 0.0  # added inside it (TensorFlow placement); changes early updates
     max_grad_norm: float | None = 1.0  # clip by global norm; None disables
+    name: Literal["adamw", "sgd"] = "adamw"  # sgd: plain gradient steps (equivalence tests)
 
 
 def make_schedule(config: OptimizerConfig) -> optax.Schedule:
@@ -82,18 +83,23 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     def decay_mask(params):
         return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
-    adamw = optax.adamw(
-        make_schedule(config),
-        b1=config.b1,
-        b2=config.b2,
-        eps=config.eps,
-        eps_root=config.eps_root,
-        weight_decay=config.weight_decay,
-        mask=decay_mask,
-    )
+    if config.name == "sgd":
+        base = optax.sgd(make_schedule(config))
+    elif config.name == "adamw":
+        base = optax.adamw(
+            make_schedule(config),
+            b1=config.b1,
+            b2=config.b2,
+            eps=config.eps,
+            eps_root=config.eps_root,
+            weight_decay=config.weight_decay,
+            mask=decay_mask,
+        )
+    else:
+        raise ValueError(f"optimizer.name={config.name!r}; expected 'adamw' or 'sgd'")
     if config.max_grad_norm is None:
-        return adamw
-    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
+        return base
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), base)
 
 
 def split_model(model: nnx.Module):

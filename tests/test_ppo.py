@@ -1,0 +1,192 @@
+"""PPO: one iteration's invariants, sharding, resume, RLOO/GRPO, the EOS penalty."""
+
+import dataclasses
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rlhf_jax import checkpoint as ckpt_lib
+from rlhf_jax import models, sharding
+from rlhf_jax.training import phase as phase_lib
+from rlhf_jax.training import ppo as ppo_lib
+from rlhf_jax.training import ppo_runner
+from rlhf_jax.training.state import OptimizerConfig, split_model
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TOKENIZER = str(ROOT / "configs" / "smoke_data" / "tokenizer")
+PROMPTS = str(ROOT / "configs" / "smoke_data" / "sft.jsonl")
+MODEL = models.ModelConfig(
+    model_type="llama",
+    vocab_size=32,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    mlp_dim=64,
+    norm="rms",
+    norm_eps=1e-5,
+    activation="silu",
+    gated_mlp=True,
+    positions="rope",
+    max_position_embeddings=64,
+    rotary_dim=8,
+    eos_token_ids=(2,),
+)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppo_models")
+    lm = models.CausalLM(MODEL, rngs=nnx.Rngs(0))
+    rm = models.ScalarModel(MODEL, kind="reward", rngs=nnx.Rngs(1))
+    config = phase_lib.model_config_to_dict(MODEL)
+    ckpt_lib.save_artifact(root / "sft", split_model(lm)[1], meta={"head": "lm", "model": config})
+    ckpt_lib.save_artifact(
+        root / "rm", split_model(rm)[1], meta={"head": "reward", "model": config}
+    )
+    return root
+
+
+def _config(artifacts, run_dir, *, mesh=None, optimizer="adamw", **ppo_overrides):
+    opt = OptimizerConfig(learning_rate=1e-3, schedule="constant", name=optimizer)
+    ppo = ppo_lib.PPOConfig(
+        response_length=6,
+        ppo_epochs=2,
+        num_minibatches=2,
+        policy_optimizer=opt,
+        critic_optimizer=opt,
+        **ppo_overrides,
+    )
+    return ppo_runner.PPORunConfig(
+        run_dir=str(run_dir),
+        policy=phase_lib.ModelSource(artifact=str(artifacts / "sft"), tokenizer=TOKENIZER),
+        reward=phase_lib.ModelSource(artifact=str(artifacts / "rm"), tokenizer=TOKENIZER),
+        prompts=PROMPTS,
+        prompt_length=8,
+        prompts_per_iteration=8,
+        iterations=3,
+        reward_norm_prompts=16,
+        ppo=ppo,
+        mesh=mesh or sharding.MeshConfig(num_devices=1),
+        checkpoint=ckpt_lib.CheckpointConfig(save_every=1, keep=2),
+        console=False,
+        tensorboard=False,
+    )
+
+
+def test_iterations_keep_ppo_invariants(artifacts, tmp_path):
+    result = ppo_runner.run_ppo(_config(artifacts, tmp_path))
+    assert result["status"] == "finished" and result["iteration"] == 3
+    for row in result["history"]:
+        # On-policy first minibatch: the ratio is 1 up to float rounding, nothing is clipped.
+        assert abs(row["policy/first_ratio_mean"] - 1.0) < 1e-6
+        assert row["policy/first_clipfrac"] == 0.0
+        for key in ("loss/policy", "loss/value", "objective/kl", "objective/scores"):
+            assert np.isfinite(row[key]), key
+    initial = ckpt_lib.load_artifact(
+        artifacts / "sft", jax.tree.map(np.asarray, result["state"].frozen["reference"])
+    )[0]
+    changed = [
+        not np.allclose(a, b)
+        for a, b in zip(
+            jax.tree.leaves(initial), jax.tree.leaves(result["state"].policy), strict=True
+        )
+    ]
+    assert any(changed)
+    # The reference stays frozen.
+    for a, b in zip(
+        jax.tree.leaves(initial), jax.tree.leaves(result["state"].frozen["reference"]), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    # Each program traced once for the fixed shapes.
+    for name in ("rollout", "score", "update"):
+        assert result["fns"][name]._cache_size() == 1, name
+    assert ckpt_lib.artifact_exists(tmp_path / "artifact")
+    expected = {
+        "objective/kl",
+        "objective/entropy",
+        "objective/non_score_reward",
+        "objective/rlhf_reward",
+        "objective/scores",
+        "policy/approxkl",
+        "policy/clipfrac",
+        "policy/entropy",
+        "loss/policy",
+        "loss/value",
+        "val/clipfrac",
+        "val/ratio",
+        "val/explained_variance",
+        "kl_coef",
+        "lr",
+        "response_length",
+        "no_eos_fraction",
+        "episodes_per_second",
+        "time/rollout",
+        "time/scoring",
+        "time/update",
+    }
+    assert expected <= set(result["history"][0])
+
+
+def test_sharded_iteration_matches_single_device(artifacts, tmp_path):
+    one = ppo_runner.run_ppo(_config(artifacts, tmp_path / "one", optimizer="sgd"))
+    eight = ppo_runner.run_ppo(
+        _config(
+            artifacts,
+            tmp_path / "eight",
+            optimizer="sgd",
+            mesh=sharding.MeshConfig(data=2, fsdp=2, tensor=2),
+        )
+    )
+    for a, b in zip(one["history"], eight["history"], strict=True):
+        for key in ("objective/scores", "loss/policy", "loss/value", "objective/kl"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    for a, b in zip(
+        jax.tree.leaves(one["state"].policy), jax.tree.leaves(eight["state"].policy), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
+
+
+def test_resume_continues_exactly(artifacts, tmp_path):
+    full = ppo_runner.run_ppo(_config(artifacts, tmp_path / "full"))
+    cut = _config(artifacts, tmp_path / "cut")
+    first = ppo_runner.run_ppo(cut, stop_after=1)
+    assert first["status"] == "interrupted"
+    second = ppo_runner.run_ppo(cut)
+    assert second["iteration"] == 3 and len(second["history"]) == 2
+    for a, b in zip(
+        jax.tree.leaves(full["state"].policy), jax.tree.leaves(second["state"].policy), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(full["state"].kl.coef, second["state"].kl.coef)
+    np.testing.assert_array_equal(full["state"].score_norm, second["state"].score_norm)
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "grpo"])
+def test_group_estimators_need_no_critic(artifacts, tmp_path, estimator):
+    config = _config(artifacts, tmp_path, advantage_estimator=estimator, samples_per_prompt=4)
+    config = dataclasses.replace(config, prompts_per_iteration=4, iterations=2)
+    result = ppo_runner.run_ppo(config)
+    assert result["state"].critic is None
+    row = result["history"][0]
+    assert abs(row["policy/first_ratio_mean"] - 1.0) < 1e-6 and "loss/value" not in row
+
+
+def test_group_estimators_validate_k():
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        ppo_lib.PPOConfig(advantage_estimator="rloo", samples_per_prompt=1)
+
+
+def test_missing_eos_penalty_and_score_on_last_token():
+    response = jnp.array([[5, 2, 0, 0], [5, 6, 7, 8]])
+    mask = jnp.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)
+    assert ppo_lib.has_eos(response, mask, (2,)).tolist() == [True, False]
+    rewards, _ = __import__("rlhf_jax").losses.kl_shaped_rewards(
+        jnp.array([0.5, -1.0]), jnp.zeros((2, 4)), jnp.zeros((2, 4)), mask, kl_coef=0.1
+    )
+    np.testing.assert_array_equal(rewards, [[0, 0.5, 0, 0], [0, 0, 0, -1.0]])
