@@ -1,0 +1,180 @@
+"""The pipeline's final evaluation: every policy judged by the gold reward on held-out prompts.
+
+For SFT, PPO and DPO: m samples per held-out prompt at the PPO sampling temperature; their gold
+reward r*, their reward-model (proxy) score, and a Monte Carlo KL to the SFT policy
+(E_π[log π − log π_SFT], both at that temperature). Win rates compare per-prompt mean gold.
+Best-of-n over SFT samples, picked by the reward model, is the baseline on the same KL axis;
+a red-team pass scores adversarial prompts with greedy answers before (SFT) and after (PPO).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+
+from rlhf_jax import evaluation as ev
+from rlhf_jax.data import synthetic
+from rlhf_jax.policy_io import Scorer, load_model
+
+HISTORY_KEYS = ev.HistoryKeys(gold="objective/gold", length="response_length")
+
+
+def default_red_team_prompts(task: synthetic.SyntheticTask) -> list[str]:
+    """The task's hardest cases: longest prompts, repeats, extremes of the alphabet."""
+    c = task.config
+    symbols = task.symbols
+    longest = c.max_length
+    cases = [
+        symbols[-longest:][::-1],  # descending run of the largest symbols
+        [symbols[0]] * longest,  # one symbol repeated
+        [symbols[-1], symbols[0]] * (longest // 2) + [symbols[-1]] * (longest % 2),
+        symbols[:longest],  # already sorted
+        [symbols[0]] * c.min_length,  # shortest, all equal
+    ]
+    return [f"{instr} {' '.join(case)} =" for instr in c.instructions for case in cases]
+
+
+def _repeat(x, m):
+    return np.repeat(x, m, axis=0)
+
+
+def evaluate(pipeline) -> dict:
+    c = pipeline.config
+    task = pipeline.task
+    out_dir = pipeline.path("evaluate")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prompts = task.prompts(c.evaluation.prompts, split="eval")
+    tokens, mask = pipeline._encode(prompts)
+    m, t = c.evaluation.samples_per_prompt, c.ppo.temperature
+    key = jax.random.key(c.seed + 202)
+
+    sft_scorer = Scorer(
+        load_model(str(pipeline.path("sft", "artifact")), kind="sft", mesh=pipeline.mesh),
+        temperature=t,
+        batch_size=256,
+    )
+    reward_scorer = Scorer(
+        load_model(str(pipeline.path("reward", "artifact")), kind="reward", mesh=pipeline.mesh),
+        batch_size=256,
+    )
+    gold_fn = jax.jit(task.gold_reward_tokens)
+
+    def judge(phase: str, p_tok, p_mask, n: int, temperature: float, salt: int):
+        policy, sampler = pipeline._policy_sampler(phase, temperature=temperature)
+        p, pm = _repeat(p_tok, n), _repeat(p_mask, n)
+        r, rm = sampler(p, pm, jax.random.fold_in(key, salt))
+        gold = np.asarray(gold_fn(p, pm, r, rm), np.float64).reshape(-1, n)
+        proxy = reward_scorer.reward(p, pm, r, rm).astype(np.float64).reshape(-1, n)
+        own = policy if phase != "sft" else None
+        if own is None:
+            kl = np.zeros_like(gold)
+        else:
+            logp = Scorer(own, temperature=max(temperature, 1e-6), batch_size=256).logprob(
+                p, pm, r, rm
+            )
+            kl = (logp - sft_scorer.logprob(p, pm, r, rm)).reshape(-1, n)
+        lengths = rm.sum(-1).reshape(-1, n)
+        return {"gold": gold, "proxy": proxy, "kl": kl, "length": lengths}
+
+    results = {}
+    for salt, phase in enumerate(("sft", "ppo", "dpo")):
+        if pipeline.done(phase):
+            results[phase] = judge(phase, tokens, mask, m, t, salt)
+    summary = {
+        phase: {
+            "gold": float(r["gold"].mean()),
+            "proxy": float(r["proxy"].mean()),
+            "kl": float(r["kl"].sum(axis=-1).mean() / m),
+            "length": float(r["length"].mean()),
+        }
+        for phase, r in results.items()
+    }
+    win_rates = {}
+    for a, b in (("ppo", "sft"), ("dpo", "sft"), ("ppo", "dpo")):
+        if a in results and b in results:
+            win_rates[f"{a} vs {b}"] = ev.win_rate(
+                results[a]["gold"].mean(axis=1), results[b]["gold"].mean(axis=1)
+            )
+
+    # Best-of-n from SFT samples, selected by the reward model.
+    n = c.evaluation.best_of_n
+    bon = judge("sft", tokens, mask, n, t, salt=7)
+    best_of_n = ev.best_of_n_curve(
+        bon["proxy"], bon["gold"], ns=[k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n]
+    )
+
+    red_prompts = list(c.evaluation.red_team) or default_red_team_prompts(task)
+    red_tok, red_mask = pipeline._encode(red_prompts)
+
+    def greedy_gold(phase):
+        def score(_prompts):
+            _, sampler = pipeline._policy_sampler(phase, temperature=0.0)
+            r, rm = sampler(red_tok, red_mask, key)
+            return np.asarray(gold_fn(red_tok, red_mask, r, rm), np.float64)
+
+        return score
+
+    red = None
+    if "ppo" in results:
+        red = ev.red_team(
+            red_prompts,
+            score_before=greedy_gold("sft"),
+            score_after=greedy_gold("ppo"),
+            tolerance=0.05,
+        )
+
+    history = []
+    history_path = pipeline.path("ppo", "history.jsonl")
+    if history_path.exists():
+        history = [json.loads(line) for line in history_path.read_text().splitlines()]
+    monitors_path = pipeline.path("ppo", "monitors.json")
+    monitors = json.loads(monitors_path.read_text())[-1] if monitors_path.exists() else None
+    extra = [
+        ev.FrontierPoint(
+            kl=s["kl"], gold=s["gold"], proxy=s["proxy"], run=f"{phase} (eval)", kind=phase
+        )
+        for phase, s in summary.items()
+    ]
+    preferences = json.loads(pipeline.path("preferences", "summary.json").read_text())
+    timings_path = pipeline.path("timings.json")
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    notes = {
+        "held-out prompts": len(prompts),
+        "samples per prompt": m,
+        "sampling temperature": t,
+        "preference pairs": preferences["pairs"],
+        "rater labels agreeing with gold": round(preferences["label_agreement_with_gold"], 3),
+        **{f"gold reward, {k}": round(v["gold"], 4) for k, v in summary.items()},
+        **{f"KL to SFT, {k}": round(v["kl"], 4) for k, v in summary.items()},
+        **{f"time: {k} (s)": round(v, 1) for k, v in timings.items()},
+    }
+    report = ev.write_report(
+        out_dir,
+        runs={"ppo": history} if history else {},
+        keys=HISTORY_KEYS,
+        extra_points=extra,
+        best_of_n=best_of_n,
+        win_rates=win_rates,
+        monitors=monitors,
+        red_team=red,
+        title="rlhf_jax pipeline on the synthetic task",
+        notes=notes,
+    )
+    outcome = {
+        "policies": summary,
+        "win_rates": {k: w.as_dict() for k, w in win_rates.items()},
+        "best_of_n": [dataclasses.asdict(p) for p in best_of_n],
+        "red_team": None if red is None else red.summary(),
+        "report": str(out_dir / "report.md"),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(outcome, indent=2, default=float))
+    (out_dir / "DONE").write_text("")
+    print(f"[evaluate] {json.dumps(summary)}")
+    for k, w in win_rates.items():
+        print(f"[evaluate] win rate {k}: {w.rate:.3f} [{w.ci_low:.3f}, {w.ci_high:.3f}]")
+    print(f"[evaluate] report: {out_dir / 'report.md'}")
+    del report
+    return outcome

@@ -1,0 +1,135 @@
+"""Using a trained policy or reward model outside training: sample, score, decode.
+
+Loads a phase artifact onto the mesh once and serves batched, jitted calls — what preference
+collection and evaluation need (rollouts during PPO live in ``training.ppo``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlhf_jax import losses, models
+from rlhf_jax import sharding as sharding_lib
+from rlhf_jax.generation import SamplingConfig, sample
+from rlhf_jax.training import phase as phase_lib
+from rlhf_jax.training import state as state_lib
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    rest: nnx.State
+    config: models.ModelConfig
+    mesh: jax.sharding.Mesh
+
+    def merged(self):
+        return nnx.merge(self.graphdef, self.params, self.rest)
+
+
+def load_model(artifact: str, *, kind: str, mesh, seed: int = 0) -> LoadedModel:
+    """A policy (``kind="sft"``, any LM artifact) or reward model (``"reward"``) on ``mesh``."""
+    source = phase_lib.ModelSource(artifact=artifact, tokenizer="-")
+    cfg = phase_lib.source_model_config(source)
+    model_fn = lambda: phase_lib.build_module(kind, cfg, seed)
+    graphdef, abstract, abstract_rest = state_lib.split_model(nnx.eval_shape(model_fn))
+    sh = sharding_lib.state_shardings(abstract, mesh)
+    rest_sh = sharding_lib.state_shardings(abstract_rest, mesh)
+    params = phase_lib.source_params(kind, source, cfg, seed, abstract, sh)
+    rest = jax.jit(lambda: state_lib.split_model(model_fn())[2], out_shardings=rest_sh)()
+    return LoadedModel(graphdef, params, rest, cfg, mesh)
+
+
+def _pad_rows(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:
+    """Pads the batch axis to a multiple (so it splits over the mesh); returns the real count."""
+    n = len(x)
+    extra = (-n) % multiple
+    if extra:
+        x = np.concatenate([x, np.repeat(x[-1:], extra, axis=0)])
+    return x, n
+
+
+class Sampler:
+    """Batched sampling from a policy with a fixed SamplingConfig (one trace per batch shape)."""
+
+    def __init__(self, policy: LoadedModel, config: SamplingConfig, *, batch_size: int = 64):
+        self.policy, self.config, self.batch_size = policy, config, batch_size
+        model = policy.merged()
+        self._graphdef, self._full = nnx.split(model)
+        self._fn = jax.jit(
+            lambda full, p, m, k: sample(self._graphdef, full, p, m, k, config=config)
+        )
+
+    def __call__(self, prompt_NxP, mask_NxP, key) -> tuple[np.ndarray, np.ndarray]:
+        """(response tokens (N, R), response mask (N, R)) as NumPy arrays."""
+        tokens, masks = [], []
+        for start in range(0, len(prompt_NxP), self.batch_size):
+            p, n = _pad_rows(prompt_NxP[start : start + self.batch_size], self.batch_size)
+            m, _ = _pad_rows(mask_NxP[start : start + self.batch_size], self.batch_size)
+            batch = sharding_lib.shard_batch({"p": p, "m": m}, self.policy.mesh)
+            gen = self._fn(self._full, batch["p"], batch["m"], jax.random.fold_in(key, start))
+            tokens.append(np.asarray(jax.device_get(gen.tokens_BxN))[:n])
+            masks.append(np.asarray(jax.device_get(gen.mask_BxN))[:n])
+        return np.concatenate(tokens), np.concatenate(masks)
+
+
+class Scorer:
+    """Reward-model scores and policy log-probs of (prompt, response) token batches."""
+
+    def __init__(self, model: LoadedModel, *, batch_size: int = 64, temperature: float = 1.0):
+        self.model, self.batch_size = model, batch_size
+
+        def seq(p, pm, r, rm):
+            tokens = jnp.concatenate([p, r], axis=1)
+            attn = jnp.concatenate([pm, rm], axis=1)
+            return tokens, attn, models.positions_from_mask(attn)
+
+        def reward(params, rest, p, pm, r, rm):
+            tokens, attn, pos = seq(p, pm, r, rm)
+            m = nnx.merge(model.graphdef, params, rest)
+            return m.score(tokens, positions_BxT=pos, attn_mask_BxT=attn)
+
+        def logprob(params, rest, p, pm, r, rm):
+            tokens, attn, pos = seq(p, pm, r, rm)
+            m = nnx.merge(model.graphdef, params, rest)
+            logits = m(tokens, positions_BxT=pos, attn_mask_BxT=attn)[:, p.shape[1] - 1 : -1]
+            return losses.sequence_logprobs(logits, r, rm, temperature=temperature)[1]
+
+        self._reward, self._logprob = jax.jit(reward), jax.jit(logprob)
+
+    def _run(self, fn, p, pm, r, rm) -> np.ndarray:
+        out = []
+        for start in range(0, len(p), self.batch_size):
+            sl = slice(start, start + self.batch_size)
+            arrays = [_pad_rows(x[sl], self.batch_size)[0] for x in (p, pm, r, rm)]
+            n = len(p[sl])
+            batch = sharding_lib.shard_batch(
+                dict(zip("abcd", arrays, strict=True)), self.model.mesh
+            )
+            values = fn(self.model.params, self.model.rest, *batch.values())
+            out.append(np.asarray(jax.device_get(values))[:n])
+        return np.concatenate(out)
+
+    def reward(self, p, pm, r, rm) -> np.ndarray:
+        return self._run(self._reward, p, pm, r, rm)
+
+    def logprob(self, p, pm, r, rm) -> np.ndarray:
+        return self._run(self._logprob, p, pm, r, rm)
+
+
+def decode_responses(tokenizer, tokens_NxR, mask_NxR, eos_id: int) -> tuple[list[str], np.ndarray]:
+    """Response strings (tokens before EOS) and whether each reached EOS."""
+    texts, ended = [], []
+    for row, m in zip(tokens_NxR, mask_NxR, strict=True):
+        ids = [int(t) for t, keep in zip(row, m, strict=True) if keep]
+        done = eos_id in ids
+        if done:
+            ids = ids[: ids.index(eos_id)]
+        texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+        ended.append(done)
+    return texts, np.asarray(ended)
