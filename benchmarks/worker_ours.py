@@ -1,0 +1,194 @@
+"""Our side of ``side_by_side.py``: rlhf_jax steps on the shared checkpoints.
+
+Each row builds exactly what a user's run builds — ``init_train_state`` + ``jit_train_step`` with
+the phase's loss (reward/dpo/sft), ``generate`` (generation), ``init_ppo_state`` +
+``build_iteration`` (PPO: the three jitted programs rollout, score, update, as ``run_ppo`` runs
+them, or the fused one-program iteration with row ``ppo_fused``) — on a one-device mesh, and
+times one call to completion (``block_until_ready``; PPO also fetches its metrics to the host,
+as TRL's iteration does).
+
+    .venv/bin/python benchmarks/worker_ours.py --row sft --artifacts DIR   # speaks the protocol
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import tempfile
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import bench_common as bc
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlhf_jax import models, sharding
+from rlhf_jax.generation import SamplingConfig, generate
+from rlhf_jax.training import dpo, ppo_runner, reward, sft
+from rlhf_jax.training import phase as phase_lib
+from rlhf_jax.training import ppo as ppo_lib
+from rlhf_jax.training import state as state_lib
+
+
+def _mesh():
+    return sharding.make_mesh(sharding.MeshConfig(num_devices=1))
+
+
+def _sequences(tokens_BxT):
+    """Full-length rows ending in EOS; the loss covers the response (positions ≥ P)."""
+    tokens = tokens_BxT.copy()
+    tokens[:, -1] = bc.EOS
+    b, t = tokens.shape
+    positions = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
+    attn = np.ones((b, t), bool)
+    loss = positions >= bc.PROMPT_LEN
+    return {
+        "tokens_BxT": tokens,
+        "positions_BxT": positions,
+        "attn_mask_BxT": attn,
+        "loss_mask_BxT": loss,
+    }
+
+
+def _pairs():
+    chosen, rejected = bc.pair_tokens()
+    batch = {}
+    for side, tokens in (("chosen", chosen), ("rejected", rejected)):
+        batch.update({f"{side}_{k}": v for k, v in _sequences(tokens).items()})
+    batch["example_mask_B"] = np.ones(bc.TRAIN_BATCH, np.float32)
+    return batch
+
+
+def _train_step_server(model, make_model, loss_fn, batch, warmup, *, reference=False):
+    mesh = _mesh()
+    tx = state_lib.make_optimizer(
+        state_lib.OptimizerConfig(learning_rate=bc.LEARNING_RATE, max_grad_norm=1.0)
+    )
+    _, params, _ = state_lib.split_model(model)
+    state, shardings, graphdef = state_lib.init_train_state(
+        make_model, tx, mesh, seed=0, params=params, frozen_extra=params if reference else None
+    )
+    step = state_lib.jit_train_step(
+        functools.partial(loss_fn, graphdef=graphdef), tx, shardings, mesh
+    )
+    batch = sharding.shard_batch(batch, mesh)
+    holder = {"state": state}
+
+    def one():
+        holder["state"], metrics = step(holder["state"], batch)
+        jax.block_until_ready((holder["state"], metrics))
+
+    bc.serve(one, warmup=warmup, info={"jax": jax.__version__, "traces": 1})
+    assert step._cache_size() == 1
+
+
+def run_reward(art, warmup):
+    model = models.load_scalar_model(os.path.join(art, "rm"), kind="reward")
+    cfg = model.config
+    make = lambda: models.ScalarModel(cfg, kind="reward", rngs=nnx.Rngs(0))
+    _train_step_server(model, make, reward.reward_pair_loss, _pairs(), warmup)
+
+
+def run_dpo(art, warmup):
+    model = models.load_pretrained(os.path.join(art, "lm"))
+    cfg = model.config
+    make = lambda: models.CausalLM(cfg, rngs=nnx.Rngs(0))
+    loss = functools.partial(dpo.dpo_step_loss, beta=0.1)
+    _train_step_server(model, make, loss, _pairs(), warmup, reference=True)
+
+
+def run_sft(art, warmup):
+    model = models.load_pretrained(os.path.join(art, "lm"))
+    cfg = model.config
+    make = lambda: models.CausalLM(cfg, rngs=nnx.Rngs(0))
+    chosen, _ = bc.pair_tokens()
+    _train_step_server(model, make, sft.sft_loss, _sequences(chosen), warmup)
+
+
+def run_generate(art, warmup):
+    model = models.load_pretrained(os.path.join(art, "lm"))
+    graphdef, params = nnx.split(model)
+    prompt, mask = bc.ragged_prompts(bc.GEN_BATCH, bc.GEN_PROMPT)
+    prompt, mask = jnp.asarray(prompt), jnp.asarray(mask)
+    # Greedy with EOS disabled: every row generates every token (as benchmarks/generate.py).
+    config = SamplingConfig(max_new_tokens=bc.GEN_NEW, temperature=0.0, eos_ids=(), pad_id=bc.PAD)
+
+    def one():
+        out = generate(graphdef, params, prompt, mask, jax.random.key(0), config=config)
+        jax.block_until_ready(out)
+
+    bc.serve(one, warmup=warmup)
+
+
+def run_ppo(art, warmup, *, fused=False):
+    opt = state_lib.OptimizerConfig(learning_rate=bc.PPO_LR, max_grad_norm=1.0)
+    ppo = ppo_lib.PPOConfig(
+        response_length=bc.PPO_RESPONSE,
+        temperature=bc.PPO_TEMPERATURE,
+        kl_coef=bc.PPO_KL_COEF,
+        normalize_reward=False,  # TRL's PPOTrainer has no reward normalisation
+        ppo_epochs=bc.PPO_EPOCHS,
+        num_minibatches=bc.PPO_MINIBATCHES,
+        policy_optimizer=opt,
+        critic_optimizer=opt,
+        fuse_iteration=fused,
+    )
+    with tempfile.TemporaryDirectory() as run_dir:
+        config = ppo_runner.PPORunConfig(
+            run_dir=run_dir,
+            policy=phase_lib.ModelSource(hf_path=os.path.join(art, "lm")),
+            reward=phase_lib.ModelSource(hf_path=os.path.join(art, "rm")),
+            prompts="(unused)",
+            prompt_length=bc.PPO_PROMPT,
+            prompts_per_iteration=bc.PPO_BATCH,
+            value_init="reward",  # the critic starts from the reward model, as TRL's value model
+            ppo=ppo,
+            mesh=sharding.MeshConfig(num_devices=1),
+        )
+        mesh = sharding.make_mesh(config.mesh)
+        state, shardings, statics, _, _ = ppo_runner.init_ppo_state(config, mesh)
+    fns = ppo_lib.build_iteration(statics, ppo, shardings)
+    prompt, mask = bc.ragged_prompts(bc.PPO_BATCH, bc.PPO_PROMPT)
+    batch = sharding.shard_batch({"t": prompt, "m": mask}, mesh)
+    holder = {"state": state}
+
+    def one():
+        state = holder["state"]
+        if fused:
+            state, metrics, _, _ = fns["fused"](state, batch["t"], batch["m"])
+        else:
+            episodes = fns["rollout"](state, batch["t"], batch["m"])
+            episodes, ep_metrics, _ = fns["score"](state, episodes)
+            state, up_metrics = fns["update"](state, episodes)
+            metrics = {**ep_metrics, **up_metrics}
+        holder["state"] = state
+        jax.device_get(metrics)  # the host logs them, as TRL's .item() calls do
+        jax.block_until_ready(state)
+
+    bc.serve(one, warmup=warmup, info={"fused": fused})
+
+
+ROWS = {
+    "reward": run_reward,
+    "dpo": run_dpo,
+    "sft": run_sft,
+    "generate": run_generate,
+    "ppo": run_ppo,
+    "ppo_fused": functools.partial(run_ppo, fused=True),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--row", choices=sorted(ROWS), required=True)
+    parser.add_argument("--artifacts", required=True)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    ROWS[args.row](args.artifacts, args.warmup)
+
+
+if __name__ == "__main__":
+    main()
