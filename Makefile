@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # Slow tests run in their own target; the default suite stays fast on a 2-core CPU.
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow test-all lint format bench-generate clean
+.PHONY: demo demo-losses test test-slow test-all lint format bench-generate clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed-runtime
 
-## The main job: the best end-to-end run the framework has (see README).
+## The main job: the whole pipeline on the embedded synthetic task (see README).
 demo: $(VENV)/.installed-runtime
+	$(PY) experiments/run_pipeline.py --config configs/synthetic.py
+
+## The loss library end to end on a tabular task, in seconds.
+demo-losses: $(VENV)/.installed-runtime
 	$(PY) experiments/demo.py
 
 ## Lint, then the default (fast) test suite.
