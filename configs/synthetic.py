@@ -73,6 +73,7 @@ def get_config(arg=None):
     c.reward = stage(20 if smoke else 300, 64, 1e-3)
     c.dpo = stage(20 if smoke else 200, 64, 3e-4)
     c.dpo_beta = 0.1  # DPO β
+    c.reward_pooling = "mean"  # reward readout: "mean" over the response, or the "last" token
 
     c.preferences = ml_collections.ConfigDict()
     c.preferences.prompts = 256 if smoke else 4096  # two SFT samples each

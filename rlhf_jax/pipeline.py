@@ -75,6 +75,7 @@ class PipelineConfig:
     reward: StageConfig
     dpo: StageConfig
     dpo_beta: float = 0.1  # DPO β
+    reward_pooling: str = "mean"  # reward model readout: "last" token or "mean" over response
     ppo: ppo_lib.PPOConfig = dataclasses.field(default_factory=ppo_lib.PPOConfig)
     ppo_iterations: int = 100  # PPO iterations
     ppo_prompts_per_iteration: int = 64  # prompts per PPO iteration
@@ -119,6 +120,7 @@ def _stage_phase_config(
         log_every=max(stage.steps // 20, 1),
         seed=config.seed,
         dpo=phase_lib.DPOLossConfig(beta=config.dpo_beta),
+        reward=phase_lib.RewardLossConfig(pooling=config.reward_pooling),
         console=config.console,
         tensorboard=True,
     )

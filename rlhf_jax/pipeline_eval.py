@@ -15,6 +15,7 @@ import json
 import jax
 import numpy as np
 
+from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import evaluation as ev
 from rlhf_jax.data import synthetic
 from rlhf_jax.policy_io import Scorer, load_model
@@ -56,9 +57,11 @@ def evaluate(pipeline) -> dict:
         temperature=t,
         batch_size=256,
     )
+    reward_dir = pipeline.path("reward", "artifact")
     reward_scorer = Scorer(
-        load_model(str(pipeline.path("reward", "artifact")), kind="reward", mesh=pipeline.mesh),
+        load_model(str(reward_dir), kind="reward", mesh=pipeline.mesh),
         batch_size=256,
+        pooling=ckpt_lib.read_artifact_meta(reward_dir).get("pooling") or "last",
     )
     gold_fn = jax.jit(task.gold_reward_tokens)
 

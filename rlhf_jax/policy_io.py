@@ -18,6 +18,7 @@ from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.generation import SamplingConfig, sample
 from rlhf_jax.training import phase as phase_lib
 from rlhf_jax.training import state as state_lib
+from rlhf_jax.training.reward import score_sequences
 
 
 @dataclasses.dataclass
@@ -81,7 +82,14 @@ class Sampler:
 class Scorer:
     """Reward-model scores and policy log-probs of (prompt, response) token batches."""
 
-    def __init__(self, model: LoadedModel, *, batch_size: int = 64, temperature: float = 1.0):
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        batch_size: int = 64,
+        temperature: float = 1.0,
+        pooling: str = "last",
+    ):
         self.model, self.batch_size = model, batch_size
 
         def seq(p, pm, r, rm):
@@ -91,8 +99,10 @@ class Scorer:
 
         def reward(params, rest, p, pm, r, rm):
             tokens, attn, pos = seq(p, pm, r, rm)
-            m = nnx.merge(model.graphdef, params, rest)
-            return m.score(tokens, positions_BxT=pos, attn_mask_BxT=attn)
+            response = jnp.concatenate([jnp.zeros_like(pm), rm], axis=1)
+            return score_sequences(
+                model.graphdef, params, rest, tokens, pos, attn, response, pooling
+            )
 
         def logprob(params, rest, p, pm, r, rm):
             tokens, attn, pos = seq(p, pm, r, rm)

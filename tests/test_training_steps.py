@@ -171,3 +171,26 @@ def test_indivisible_dimensions_are_replicated():
     assert spec == jax.sharding.PartitionSpec(None, "fsdp")
     with pytest.raises(ValueError, match="no partition rule"):
         sharding.logical_to_spec(("bogus",), (4,), mesh)
+
+
+def test_reward_pooling_reads_last_token_or_response_mean():
+    per_token = np.array([[1.0, 2.0, 3.0, 9.0], [4.0, 5.0, 0.0, 0.0]], np.float32)
+    attn = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
+    response = np.array([[0, 1, 1, 0], [0, 1, 0, 0]], bool)
+    np.testing.assert_allclose(reward.pool_scores(per_token, attn, response, "last"), [3.0, 5.0])
+    np.testing.assert_allclose(reward.pool_scores(per_token, attn, response, "mean"), [2.5, 5.0])
+    with pytest.raises(ValueError, match="pooling"):
+        reward.pool_scores(per_token, attn, response, "max")
+
+
+def test_mean_pooled_reward_step_runs_and_learns_direction():
+    mesh = _single_device_mesh()
+    state, shardings, graphdef = state_lib.init_train_state(tiny_reward_model, TX, mesh, seed=0)
+    loss = functools.partial(reward.reward_pair_loss, graphdef=graphdef, pooling="mean")
+    step = state_lib.jit_train_step(loss, TX, shardings, mesh)
+    batch = pair_batch(0)
+    first = None
+    for _ in range(5):
+        state, metrics = step(state, sharding.shard_batch(batch, mesh))
+        first = float(metrics["loss"]) if first is None else first
+    assert float(metrics["loss"]) < first

@@ -66,6 +66,7 @@ class ModelSource:
 class RewardLossConfig:
     label_smoothing: float = 0.0  # probability a label is wrong (conservative BT)
     center_coef: float = 0.0  # reward-centering penalty coef · (r_c + r_r)²
+    pooling: str = "last"  # sequence reward: "last" valid token, or "mean" over the response
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -182,12 +183,15 @@ def _loss_fn(config: PhaseConfig, kind: PhaseKind, data_kind: str, graphdef):
         return functools.partial(sft_lib.sft_loss, graphdef=graphdef)
     if kind == "reward":
         if data_kind == "ranking":
-            return functools.partial(reward_lib.reward_ranking_loss, graphdef=graphdef)
+            return functools.partial(
+                reward_lib.reward_ranking_loss, graphdef=graphdef, pooling=config.reward.pooling
+            )
         return functools.partial(
             reward_lib.reward_pair_loss,
             graphdef=graphdef,
             label_smoothing=config.reward.label_smoothing,
             center_coef=config.reward.center_coef,
+            pooling=config.reward.pooling,
         )
     d = config.dpo
     return functools.partial(
@@ -351,6 +355,7 @@ def run_phase(
             meta={
                 "phase": kind,
                 "head": "reward" if kind == "reward" else "lm",
+                "pooling": config.reward.pooling if kind == "reward" else None,
                 "model": model_config_to_dict(model_cfg),
                 "steps": result["step"],
             },

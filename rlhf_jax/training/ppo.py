@@ -38,6 +38,7 @@ from flax import nnx
 from rlhf_jax import losses
 from rlhf_jax.generation import SamplingConfig, sample
 from rlhf_jax.models import positions_from_mask
+from rlhf_jax.training.reward import score_sequences
 from rlhf_jax.training.state import OptimizerConfig, make_optimizer
 
 
@@ -127,6 +128,7 @@ class Models:
     reward: nnx.GraphDef
     eos_ids: tuple[int, ...]
     pad_id: int
+    reward_pooling: str = "last"  # how the reward model turns per-token scores into one
 
 
 def optimizers(config: PPOConfig):
@@ -189,10 +191,21 @@ def _sequence(episodes):
     return tokens, attn
 
 
-def raw_scores(frozen, tokens_BxL, attn_BxL, *, models: Models):
-    reward_model = _merge(models.reward, frozen["reward"], frozen["reward_rest"])
-    return reward_model.score(
-        tokens_BxL, positions_BxT=positions_from_mask(attn_BxL), attn_mask_BxT=attn_BxL
+def raw_scores(frozen, episodes, *, models: Models):
+    """The reward model's score of each (prompt, response), before normalisation."""
+    tokens, attn = _sequence(episodes)
+    response_mask = jnp.concatenate(
+        [jnp.zeros_like(episodes["prompt_mask_BxP"]), episodes["response_mask_BxN"]], axis=1
+    )
+    return score_sequences(
+        models.reward,
+        frozen["reward"],
+        frozen["reward_rest"],
+        tokens,
+        positions_from_mask(attn),
+        attn,
+        response_mask,
+        models.reward_pooling,
     )
 
 
@@ -213,7 +226,7 @@ def score(state: PPOState, episodes, *, models: Models, config: PPOConfig, gold_
     ref_logp, _ = _lm_logprobs_and_logits(reference, tokens, attn, response, mask, t)
     entropy = losses.entropy_from_logits(logits, mask, temperature=t)
 
-    raw = raw_scores(state.frozen, tokens, attn, models=models)
+    raw = raw_scores(state.frozen, episodes, models=models)
     gain, bias = state.score_norm[0], state.score_norm[1]
     scores = gain * (raw - bias)
     eos_B = has_eos(response, mask, models.eos_ids)

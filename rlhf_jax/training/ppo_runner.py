@@ -218,12 +218,16 @@ def init_ppo_state(config: PPORunConfig, mesh):
         rng=repl,
     )
     state = jax.device_put(state, shardings)
+    pooling = "last"
+    if config.reward.artifact is not None:
+        pooling = ckpt_lib.read_artifact_meta(config.reward.artifact).get("pooling") or "last"
     statics = ppo_lib.Models(
         policy=policy_g,
         critic=critic_g,
         reward=reward_g,
         eos_ids=eos_ids,
         pad_id=int(tokenizer.pad_token_id),
+        reward_pooling=pooling,
     )
     return state, shardings, statics, policy_cfg, tokenizer
 
@@ -233,8 +237,7 @@ def fit_reward_normalisation(state, fns, sampler: PromptSampler, num_prompts: in
 
     @jax.jit
     def raw(state, episodes):
-        tokens, attn = ppo_lib._sequence(episodes)
-        return ppo_lib.raw_scores(state.frozen, tokens, attn, models=models_)
+        return ppo_lib.raw_scores(state.frozen, episodes, models=models_)
 
     scores = []
     rounds = max(1, math.ceil(num_prompts / sampler.batch_size))

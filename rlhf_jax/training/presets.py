@@ -160,6 +160,7 @@ def phase_config(phase: str, arg: str | None) -> ml_collections.ConfigDict:
     c.reward = ml_collections.ConfigDict()
     c.reward.label_smoothing = 0.0  # BT label-noise rate
     c.reward.center_coef = 0.0 if variant == "smoke" else 0.01  # reward centering
+    c.reward.pooling = "last"  # readout: "last" valid token (HF-exportable) or response "mean"
 
     c.dpo = ml_collections.ConfigDict()
     c.dpo.loss_type = "sigmoid"  # sigmoid | robust | hinge | ipo | simpo | orpo

@@ -16,18 +16,48 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlhf_jax import losses
+from rlhf_jax.models import at_last_valid
+
+POOLINGS = ("last", "mean")
 
 
-def score_sequences(graphdef, params, rest, tokens_NxT, positions_NxT, attn_mask_NxT):
+def pool_scores(per_token_NxT, attn_mask_NxT, response_mask_NxT, pooling: str):
+    """One reward per sequence from per-token scores.
+
+    last: the score at the last valid token (the standard reward model; HF's
+          ``*ForSequenceClassification`` reads the same place);
+    mean: the mean score over the response tokens — a per-token judgement averaged, easier to
+          learn when the reward is a sum of local judgements (the synthetic task's gold is).
+    """
+    if pooling == "last":
+        return at_last_valid(per_token_NxT, attn_mask_NxT)
+    if pooling == "mean":
+        return losses.masked_mean(per_token_NxT, response_mask_NxT.astype(bool), axis=-1)
+    raise ValueError(f"reward pooling={pooling!r}; expected one of {POOLINGS}")
+
+
+def score_sequences(
+    graphdef,
+    params,
+    rest,
+    tokens_NxT,
+    positions_NxT,
+    attn_mask_NxT,
+    response_mask_NxT=None,
+    pooling: str = "last",
+):
     model = nnx.merge(graphdef, params, rest)
-    return model.score(tokens_NxT, positions_BxT=positions_NxT, attn_mask_BxT=attn_mask_NxT)
+    per_token = model(tokens_NxT, positions_BxT=positions_NxT, attn_mask_BxT=attn_mask_NxT)
+    return pool_scores(per_token, attn_mask_NxT, response_mask_NxT, pooling)
 
 
 def concat_pairs(batch, field: str):
     return jnp.concatenate([batch[f"chosen_{field}"], batch[f"rejected_{field}"]], axis=0)
 
 
-def reward_pair_loss(params, frozen, batch, rng, *, graphdef, label_smoothing=0.0, center_coef=0.0):
+def reward_pair_loss(
+    params, frozen, batch, rng, *, graphdef, label_smoothing=0.0, center_coef=0.0, pooling="last"
+):
     """Bradley–Terry loss of one batch of pairs; weight = number of real pairs."""
     del rng
     scores = score_sequences(
@@ -37,6 +67,8 @@ def reward_pair_loss(params, frozen, batch, rng, *, graphdef, label_smoothing=0.
         concat_pairs(batch, "tokens_BxT"),
         concat_pairs(batch, "positions_BxT"),
         concat_pairs(batch, "attn_mask_BxT"),
+        concat_pairs(batch, "loss_mask_BxT") if pooling != "last" else None,
+        pooling,
     )
     num_pairs = batch["chosen_tokens_BxT"].shape[0]
     chosen_B, rejected_B = scores[:num_pairs], scores[num_pairs:]
@@ -59,7 +91,7 @@ def reward_pair_loss(params, frozen, batch, rng, *, graphdef, label_smoothing=0.
     return loss, (jnp.sum(mask_B, dtype=jnp.float32), metrics)
 
 
-def reward_ranking_loss(params, frozen, batch, rng, *, graphdef):
+def reward_ranking_loss(params, frozen, batch, rng, *, graphdef, pooling="last"):
     """K-wise ranking loss; weight = number of prompts with at least one ranked pair."""
     del rng
     b, k, t = batch["tokens_BxKxT"].shape
@@ -71,6 +103,8 @@ def reward_ranking_loss(params, frozen, batch, rng, *, graphdef):
         flat(batch["tokens_BxKxT"]),
         flat(batch["positions_BxKxT"]),
         flat(batch["attn_mask_BxKxT"]),
+        flat(batch["loss_mask_BxKxT"]) if pooling != "last" else None,
+        pooling,
     ).reshape(b, k)
     loss, metrics = losses.ranking_loss(scores, batch["ranks_BxK"], batch["mask_BxK"])
     mask = batch["mask_BxK"].astype(bool)
