@@ -256,29 +256,24 @@ class Pipeline:
         print(f"[preferences] {json.dumps(summary)}")
         return summary
 
-    def reward(self):
+    def _on_preferences(self, kind: str):
+        """The reward or DPO phase: the SFT policy trained on the labelled pairs."""
         c = self.config
         cfg = _stage_phase_config(
             c,
-            "reward",
-            c.reward,
+            kind,
+            getattr(c, kind),
             model=self._source("sft"),
             data_path=str(self.path("data", "preferences.jsonl")),
-            kind="reward",
+            kind=kind,
         )
-        return phase_lib.run_phase(cfg, kind="reward")
+        return phase_lib.run_phase(cfg, kind=kind)
+
+    def reward(self):
+        return self._on_preferences("reward")
 
     def dpo(self):
-        c = self.config
-        cfg = _stage_phase_config(
-            c,
-            "dpo",
-            c.dpo,
-            model=self._source("sft"),
-            data_path=str(self.path("data", "preferences.jsonl")),
-            kind="dpo",
-        )
-        return phase_lib.run_phase(cfg, kind="dpo")
+        return self._on_preferences("dpo")
 
     def ppo(self, *, stop_after: int | None = None):
         c = self.config

@@ -33,17 +33,22 @@ class LoadedModel:
         return nnx.merge(self.graphdef, self.params, self.rest)
 
 
-def load_model(artifact: str, *, kind: str, mesh, seed: int = 0) -> LoadedModel:
-    """A policy (``kind="sft"``, any LM artifact) or reward model (``"reward"``) on ``mesh``."""
-    source = phase_lib.ModelSource(artifact=artifact, tokenizer="-")
+def load_model(
+    source: phase_lib.ModelSource | str, *, kind: str, mesh, seed: int = 0
+) -> LoadedModel:
+    """A policy (``kind="sft"``) or reward model (``"reward"``) on ``mesh``, from a
+    ``ModelSource`` (HF checkpoint, artifact, or random init) or an artifact directory."""
+    if isinstance(source, str):
+        source = phase_lib.ModelSource(artifact=source, tokenizer="-")
     cfg = phase_lib.source_model_config(source)
     model_fn = lambda: phase_lib.build_module(kind, cfg, seed)
     graphdef, abstract, abstract_rest = state_lib.split_model(nnx.eval_shape(model_fn))
     sh = sharding_lib.state_shardings(abstract, mesh)
     rest_sh = sharding_lib.state_shardings(abstract_rest, mesh)
     params = phase_lib.source_params(kind, source, cfg, seed, abstract, sh)
-    rest = jax.jit(lambda: state_lib.split_model(model_fn())[2], out_shardings=rest_sh)()
-    return LoadedModel(graphdef, params, rest, cfg, mesh)
+    init = jax.jit(lambda: state_lib.split_model(model_fn())[1:], out_shardings=(sh, rest_sh))
+    fresh, rest = init()
+    return LoadedModel(graphdef, fresh if params is None else params, rest, cfg, mesh)
 
 
 def _pad_rows(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from training_testing import TINY
 
 from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import models, sharding
@@ -19,24 +20,8 @@ from rlhf_jax.training.state import OptimizerConfig, split_model
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOKENIZER = str(ROOT / "configs" / "smoke_data" / "tokenizer")
 PROMPTS = str(ROOT / "configs" / "smoke_data" / "sft.jsonl")
-MODEL = models.ModelConfig(
-    model_type="llama",
-    vocab_size=32,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    mlp_dim=64,
-    norm="rms",
-    norm_eps=1e-5,
-    activation="silu",
-    gated_mlp=True,
-    positions="rope",
-    max_position_embeddings=64,
-    rotary_dim=8,
-    eos_token_ids=(2,),
-)
+# The smoke tokenizer has 18 tokens; EOS is id 2.
+MODEL = dataclasses.replace(TINY, vocab_size=32, eos_token_ids=(2,))
 
 
 @pytest.fixture(scope="module")

@@ -7,32 +7,16 @@ import jax
 import numpy as np
 import pytest
 from data_testing import VOCAB, make_tokenizer, write_jsonl
+from training_testing import TINY
 
 from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import data as data_lib
 from rlhf_jax import sharding
-from rlhf_jax.models import ModelConfig
 from rlhf_jax.training import phase as phase_lib
 from rlhf_jax.training.state import OptimizerConfig
 
 WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
-MODEL = ModelConfig(
-    model_type="llama",
-    vocab_size=64,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    mlp_dim=64,
-    norm="rms",
-    norm_eps=1e-5,
-    activation="silu",
-    gated_mlp=True,
-    positions="rope",
-    max_position_embeddings=64,
-    rotary_dim=8,
-)
+MODEL = TINY
 assert len(VOCAB) <= MODEL.vocab_size
 
 

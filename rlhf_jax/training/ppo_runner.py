@@ -121,15 +121,11 @@ def load_prompts(path: str, *, split: str = "train") -> list:
 
 
 def _load(kind, source: phase_lib.ModelSource, mesh, seed):
-    cfg = phase_lib.source_model_config(source)
-    model_fn = lambda: phase_lib.build_module(kind, cfg, seed)
-    graphdef, abstract_params, abstract_rest = state_lib.split_model(nnx.eval_shape(model_fn))
-    param_sh = sharding_lib.state_shardings(abstract_params, mesh)
-    rest_sh = sharding_lib.state_shardings(abstract_rest, mesh)
-    params = phase_lib.source_params(kind, source, cfg, seed, abstract_params, param_sh)
-    init = jax.jit(lambda: state_lib.split_model(model_fn())[1:], out_shardings=(param_sh, rest_sh))
-    fresh_params, rest = init()
-    return cfg, graphdef, (fresh_params if params is None else params), rest
+    # Imported here: policy_io builds on the training modules.
+    from rlhf_jax.policy_io import load_model
+
+    loaded = load_model(source, kind=kind, mesh=mesh, seed=seed)
+    return loaded.config, loaded.graphdef, loaded.params, loaded.rest
 
 
 def _copy(tree):
