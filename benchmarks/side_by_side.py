@@ -43,7 +43,16 @@ ROWS = {
     "sft": ("sft", ("trl", "tunix")),
     "generate": ("generate", ("trl", "tunix")),
     "ppo": ("ppo", ("trl112", "tunix")),
-    "ppo_fused": ("ppo_fused", ("trl112",)),
+    "ppo_fused": ("ppo_fused", ("trl112",)),  # the peers run their "ppo" row
+}
+# glibc returns every freed block above the (dynamic) mmap threshold to the OS, so each step's
+# large activations are mmap'ed afresh and page-faulted in again. On this VM that cost PyTorch
+# 10x (a plain forward/backward of the LM at 16 x 128: 4.5 s with the defaults, 0.34 s with
+# these), and it hits XLA's buffers too. Every side runs with the same settings.
+TUNED_MALLOC = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),  # the largest glibc accepts; fixes the threshold
+    "MALLOC_TRIM_THRESHOLD_": str(64 << 30),  # never give the heap's top back
+    "MALLOC_TOP_PAD_": str(512 << 20),  # grow the heap in large steps
 }
 DESCRIPTION = {
     "reward": "reward-model step, 16 pairs × 128 tokens",
@@ -56,7 +65,7 @@ DESCRIPTION = {
 
 
 class Worker:
-    def __init__(self, side, row, artifacts, warmup, log_dir):
+    def __init__(self, side, row, artifacts, warmup, log_dir, tuned_malloc=True):
         venv, script = SIDES[side]
         python = ROOT / venv / "bin" / "python"
         self.side, self.failure, self.info = side, None, {}
@@ -73,6 +82,8 @@ class Worker:
             TRANSFORMERS_VERBOSITY="error",
             PYTHONWARNINGS="ignore",
         )
+        if tuned_malloc:
+            env.update(TUNED_MALLOC)
         cmd = [str(python), str(BENCH / script), "--row", row, "--artifacts", artifacts]
         cmd += ["--warmup", str(warmup)]
         self.proc = subprocess.Popen(
@@ -126,15 +137,14 @@ class Worker:
                 self.proc.kill()
 
 
-def run_row(row, artifacts, repeats, warmup, log_dir, peers):
+def run_row(row, artifacts, repeats, warmup, log_dir, peers, tuned_malloc):
     ours_row, row_peers = ROWS[row]
     sides = ["ours", *[p for p in row_peers if p in peers]]
     workers = []
     for side in sides:  # warm up one at a time: a compiling side would slow a timed one
         print(f"[{row}] warming up {side}", file=sys.stderr, flush=True)
-        workers.append(
-            Worker(side, ours_row if side == "ours" else row, artifacts, warmup, log_dir)
-        )
+        side_row = ours_row if side == "ours" else row.removesuffix("_fused")
+        workers.append(Worker(side, side_row, artifacts, warmup, log_dir, tuned_malloc))
     times = {w.side: [] for w in workers}
     for _ in range(repeats):
         for w in workers:
@@ -216,6 +226,11 @@ def main():
     parser.add_argument("--peers", default="trl,trl112,tunix")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="run the workers with glibc's default malloc settings (see TUNED_MALLOC)",
+    )
     parser.add_argument("--json", help="also write the results (all step times) here")
     args = parser.parse_args()
     rows = args.rows.split(",")
@@ -232,7 +247,11 @@ def main():
     bench_common.write_artifacts(artifacts)
     results = []
     for row in rows:
-        results.append(run_row(row, artifacts, args.repeats, args.warmup, log_dir, peers))
+        results.append(
+            run_row(
+                row, artifacts, args.repeats, args.warmup, log_dir, peers, not args.default_malloc
+            )
+        )
         print_table(results[-1:])
     meta = {
         "date": datetime.date.today().isoformat(),
@@ -241,6 +260,7 @@ def main():
         "versions": versions(),
         "repeats": args.repeats,
         "warmup": args.warmup,
+        "malloc": "glibc defaults" if args.default_malloc else TUNED_MALLOC,
         "logs": log_dir,
     }
     print()
