@@ -175,3 +175,23 @@ def test_missing_eos_penalty_and_score_on_last_token():
         jnp.array([0.5, -1.0]), jnp.zeros((2, 4)), jnp.zeros((2, 4)), mask, kl_coef=0.1
     )
     np.testing.assert_array_equal(rewards, [[0, 0.5, 0, 0], [0, 0, 0, -1.0]])
+
+
+def test_adaptive_kl_controller_holds_kl_near_target(artifacts, tmp_path):
+    """A policy pushed hard (high learning rate) drifts from the reference; the adaptive
+    controller raises β while KL is above target and lowers it below."""
+    config = _config(artifacts, tmp_path, kl_target=0.5, kl_horizon=40.0, kl_coef=0.05)
+    opt = OptimizerConfig(learning_rate=3e-3, schedule="constant")
+    config = dataclasses.replace(
+        config,
+        iterations=16,
+        ppo=dataclasses.replace(config.ppo, policy_optimizer=opt, critic_optimizer=opt),
+        checkpoint=ckpt_lib.CheckpointConfig(save_every=100),
+    )
+    history = ppo_runner.run_ppo(config)["history"]
+    kl = np.array([row["objective/kl"] for row in history])
+    coef = np.array([row["kl_coef"] for row in history])
+    # Row i logs the β its rewards used; the update after it moves β the way KL_i − target says.
+    assert np.all(np.sign(np.diff(coef)) == np.sign(kl[:-1] - 0.5))
+    assert coef.max() > 0.05  # KL went above target and β answered
+    assert np.mean(kl[-6:]) < 4 * 0.5, kl
