@@ -35,9 +35,9 @@ def get_config(arg=None):
     c.task.pretrain_examples = 2  # examples per pretraining text
     c.task.demo_corruption = 0.3  # noise in the SFT demonstrations (middling quality)
     c.task.length_noise = 0.2  # chance a demo answer is a symbol too long or short
-    c.task.rater_temperature = 0.1  # Bradley–Terry noise of the simulated raters
-    c.task.disagreement = 0.1  # share of raters judging by an order-blind criterion
-    c.task.random_label_rate = 0.05  # share of coin-flip labels
+    c.task.rater_temperature = 0.05  # Bradley–Terry noise of the simulated raters
+    c.task.disagreement = 0.0  # share of raters judging by an order-blind criterion
+    c.task.random_label_rate = 0.0  # share of coin-flip labels
     c.task.length_bias = 0.0  # rater bonus per extra token (a flaw a reward model can learn)
     c.task.agreement_bias = 0.0  # rater bonus per symbol parroted from the prompt
 
@@ -70,13 +70,13 @@ def get_config(arg=None):
 
     c.pretrain = stage(20 if smoke else 600, 64, 3e-3, 512 if smoke else 20000)
     c.sft = stage(20 if smoke else 300, 64, 1e-3, 256 if smoke else 8000)
-    c.reward = stage(20 if smoke else 300, 64, 1e-3)
+    c.reward = stage(20 if smoke else 1000, 64, 3e-4)
     c.dpo = stage(20 if smoke else 200, 64, 3e-4)
     c.dpo_beta = 0.1  # DPO β
     c.reward_pooling = "mean"  # reward readout: "mean" over the response, or the "last" token
 
     c.preferences = ml_collections.ConfigDict()
-    c.preferences.prompts = 256 if smoke else 4096  # two SFT samples each
+    c.preferences.prompts = 256 if smoke else 16384  # two SFT samples each
     c.preferences.temperature = 1.0  # sampling temperature of the pairs
 
     c.ppo_iterations = 4 if smoke else 120  # PPO iterations
@@ -111,7 +111,7 @@ def get_config(arg=None):
     c.ppo.grad_accum_steps = 1  # micro-batches per minibatch
     c.ppo.fuse_iteration = False  # one program per iteration (no phase timing)
     c.ppo.policy_optimizer = ml_collections.ConfigDict()
-    c.ppo.policy_optimizer.learning_rate = 3e-4  # policy Adam LR
+    c.ppo.policy_optimizer.learning_rate = 1e-4  # policy Adam LR
     c.ppo.policy_optimizer.schedule = "constant"
     c.ppo.policy_optimizer.eps = 1e-5  # Adam ε (outside the root)
     c.ppo.policy_optimizer.eps_root = 0.0  # Adam ε inside the root (TF placement)
