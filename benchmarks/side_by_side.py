@@ -45,15 +45,11 @@ ROWS = {
     "ppo": ("ppo", ("trl112", "tunix")),
     "ppo_fused": ("ppo_fused", ("trl112",)),  # the peers run their "ppo" row
 }
-# glibc returns every freed block above the (dynamic) mmap threshold to the OS, so each step's
-# large activations are mmap'ed afresh and page-faulted in again. On this VM that cost PyTorch
-# 10x (a plain forward/backward of the LM at 16 x 128: 4.5 s with the defaults, 0.34 s with
-# these), and it hits XLA's buffers too. Every side runs with the same settings.
-TUNED_MALLOC = {
-    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),  # the largest glibc accepts; fixes the threshold
-    "MALLOC_TRIM_THRESHOLD_": str(64 << 30),  # never give the heap's top back
-    "MALLOC_TOP_PAD_": str(512 << 20),  # grow the heap in large steps
-}
+# PyTorch's OpenMP pool is fragile on a shared machine: with other processes on the 2 cores,
+# its 2 threads wait on each other at every op's barrier. A plain forward/backward of the LM at
+# 16 x 128 took 3.7-4.8 s with 2 threads and 0.66-0.86 s with 1, alternating runs under the
+# same load (XLA's pool degrades far less). ``--torch-threads`` sets the peers' thread count.
+TORCH_SIDES = ("trl", "trl112")
 DESCRIPTION = {
     "reward": "reward-model step, 16 pairs × 128 tokens",
     "dpo": "DPO step (policy + in-step reference), 16 pairs × 128",
@@ -65,7 +61,7 @@ DESCRIPTION = {
 
 
 class Worker:
-    def __init__(self, side, row, artifacts, warmup, log_dir, tuned_malloc=True):
+    def __init__(self, side, row, artifacts, warmup, log_dir, torch_threads=None):
         venv, script = SIDES[side]
         python = ROOT / venv / "bin" / "python"
         self.side, self.failure, self.info = side, None, {}
@@ -82,8 +78,8 @@ class Worker:
             TRANSFORMERS_VERBOSITY="error",
             PYTHONWARNINGS="ignore",
         )
-        if tuned_malloc:
-            env.update(TUNED_MALLOC)
+        if torch_threads and side in TORCH_SIDES:
+            env.update(OMP_NUM_THREADS=str(torch_threads), MKL_NUM_THREADS=str(torch_threads))
         cmd = [str(python), str(BENCH / script), "--row", row, "--artifacts", artifacts]
         cmd += ["--warmup", str(warmup)]
         self.proc = subprocess.Popen(
@@ -137,14 +133,14 @@ class Worker:
                 self.proc.kill()
 
 
-def run_row(row, artifacts, repeats, warmup, log_dir, peers, tuned_malloc):
+def run_row(row, artifacts, repeats, warmup, log_dir, peers, torch_threads):
     ours_row, row_peers = ROWS[row]
     sides = ["ours", *[p for p in row_peers if p in peers]]
     workers = []
     for side in sides:  # warm up one at a time: a compiling side would slow a timed one
         print(f"[{row}] warming up {side}", file=sys.stderr, flush=True)
         side_row = ours_row if side == "ours" else row.removesuffix("_fused")
-        workers.append(Worker(side, side_row, artifacts, warmup, log_dir, tuned_malloc))
+        workers.append(Worker(side, side_row, artifacts, warmup, log_dir, torch_threads))
     times = {w.side: [] for w in workers}
     for _ in range(repeats):
         for w in workers:
@@ -227,9 +223,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
-        "--default-malloc",
-        action="store_true",
-        help="run the workers with glibc's default malloc settings (see TUNED_MALLOC)",
+        "--torch-threads",
+        type=int,
+        help="OMP_NUM_THREADS of the PyTorch peers (default: PyTorch's own, one per core)",
     )
     parser.add_argument("--json", help="also write the results (all step times) here")
     args = parser.parse_args()
@@ -248,9 +244,7 @@ def main():
     results = []
     for row in rows:
         results.append(
-            run_row(
-                row, artifacts, args.repeats, args.warmup, log_dir, peers, not args.default_malloc
-            )
+            run_row(row, artifacts, args.repeats, args.warmup, log_dir, peers, args.torch_threads)
         )
         print_table(results[-1:])
     meta = {
@@ -260,7 +254,7 @@ def main():
         "versions": versions(),
         "repeats": args.repeats,
         "warmup": args.warmup,
-        "malloc": "glibc defaults" if args.default_malloc else TUNED_MALLOC,
+        "torch_threads": args.torch_threads or "default",
         "logs": log_dir,
     }
     print()
