@@ -79,12 +79,12 @@ def get_config(arg=None):
     c.preferences.prompts = 256 if smoke else 16384  # two SFT samples each
     c.preferences.temperature = 1.0  # sampling temperature of the pairs
 
-    c.ppo_iterations = 4 if smoke else 120  # PPO iterations
+    c.ppo_iterations = 4 if smoke else 200  # PPO iterations
     c.ppo_prompts_per_iteration = 32 if smoke else 64  # prompts per iteration
     c.ppo_train_prompts = 512 if smoke else 8192  # PPO prompt set
     c.ppo = ml_collections.ConfigDict()
     c.ppo.response_length = 10  # N: max tokens sampled (longest answer + EOS + slack)
-    c.ppo.temperature = 0.7  # sampling and re-scoring temperature
+    c.ppo.temperature = 1.0  # sampling and re-scoring temperature (lm-human-preferences)
     c.ppo.missing_eos_penalty = -1.0  # score of a response with no EOS
     c.ppo.normalize_reward = True  # RM gain/bias fitted on SFT samples
     c.ppo.whiten_scores = False  # whiten scores without a mean shift
@@ -124,7 +124,9 @@ def get_config(arg=None):
 
     c.evaluation = ml_collections.ConfigDict()
     c.evaluation.prompts = 64 if smoke else 256  # held-out prompts
-    c.evaluation.samples_per_prompt = 4  # samples per prompt and policy
+    c.evaluation.samples_per_prompt = (
+        16  # samples per prompt and policy (their mean r* is compared)
+    )
     c.evaluation.best_of_n = 8 if smoke else 16  # SFT samples per prompt for best-of-n
     c.evaluation.red_team = ()  # adversarial prompts (empty: the task's hardest cases)
 

@@ -77,10 +77,5 @@ def test_default_pipeline_ppo_improves_gold_over_sft_with_bounded_kl(default_run
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="target not reached yet: the reward model (held-out accuracy ~0.71, with ~14% gold "
-    "ties) is the bottleneck; PPO wins ~58% of held-out prompts against SFT",
-    strict=False,
-)
 def test_default_pipeline_ppo_beats_sft_on_three_quarters_of_prompts(default_run):
     assert default_run["win_rates"]["ppo vs sft"]["rate"] >= 0.75
