@@ -154,12 +154,21 @@ def test_resume_continues_exactly(artifacts, tmp_path):
 
 @pytest.mark.parametrize("estimator", ["rloo", "grpo"])
 def test_group_estimators_need_no_critic(artifacts, tmp_path, estimator):
-    config = _config(artifacts, tmp_path, advantage_estimator=estimator, samples_per_prompt=4)
+    # GRPO as usually run: KL in the loss (k3) rather than in the reward.
+    extra = {"kl_in_loss": True, "kl_estimator": "k3"} if estimator == "grpo" else {}
+    config = _config(
+        artifacts, tmp_path, advantage_estimator=estimator, samples_per_prompt=4, **extra
+    )
     config = dataclasses.replace(config, prompts_per_iteration=4, iterations=2)
     result = ppo_runner.run_ppo(config)
     assert result["state"].critic is None
     row = result["history"][0]
     assert abs(row["policy/first_ratio_mean"] - 1.0) < 1e-6 and "loss/value" not in row
+    for row in result["history"]:
+        assert np.isfinite(row["loss/policy"]) and np.isfinite(row["objective/kl"])
+    if estimator == "grpo":  # with KL in the loss, the rewards carry no KL term
+        assert all(row["objective/non_score_reward"] == 0.0 for row in result["history"])
+        assert result["history"][-1]["objective/kl"] != 0.0
 
 
 def test_group_estimators_validate_k():

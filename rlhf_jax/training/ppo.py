@@ -470,7 +470,8 @@ def update(state: PPOState, episodes, *, models: Models, config: PPOConfig):
 def episode_metrics(state: PPOState, episodes, *, config: PPOConfig) -> dict:
     """The rollout's statistics, named as TRL users know them."""
     kl_seq = jnp.sum(episodes["kl_BxN"], axis=-1)
-    non_score = -state.kl.coef * kl_seq
+    # The KL part of the reward; zero when the KL penalty is in the loss instead.
+    non_score = jnp.zeros_like(kl_seq) if config.kl_in_loss else -state.kl.coef * kl_seq
     scores = episodes["scores_B"]
     out = {
         "objective/kl": jnp.mean(kl_seq),
