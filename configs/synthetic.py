@@ -96,6 +96,9 @@ def get_config(arg=None):
     c.ppo.kl_in_loss = False  # KL in the loss instead of the reward
     c.ppo.advantage_estimator = "gae"  # gae | rloo | grpo
     c.ppo.samples_per_prompt = 1  # K (rloo/grpo: >= 2)
+    c.ppo.value_model = (
+        "separate"  # critic: its own trunk (from the RM), or "shared" with the policy
+    )
     c.ppo.gamma = 1.0  # discount
     c.ppo.lam = 0.95  # GAE λ
     c.ppo.whiten_advantages = True  # whiten advantages per batch

@@ -204,3 +204,19 @@ def test_adaptive_kl_controller_holds_kl_near_target(artifacts, tmp_path):
     assert np.all(np.sign(np.diff(coef)) == np.sign(kl[:-1] - 0.5))
     assert coef.max() > 0.05  # KL went above target and β answered
     assert np.mean(kl[-6:]) < 4 * 0.5, kl
+
+
+def test_shared_trunk_value_head(artifacts, tmp_path):
+    """value_model="shared": the value head reads the policy's hidden states; the value loss
+    trains the shared trunk through the policy optimizer and the head through the critic's."""
+    config = _config(artifacts, tmp_path, value_model="shared")
+    config = dataclasses.replace(config, iterations=2)
+    result = ppo_runner.run_ppo(config)
+    state = result["state"]
+    assert set(state.critic.keys()) == {"kernel", "bias"}  # the head alone, no second trunk
+    assert np.any(np.asarray(state.critic["kernel"].get_value()) != 0)  # the head learned
+    for row in result["history"]:
+        assert abs(row["policy/first_ratio_mean"] - 1.0) < 1e-6
+        assert np.isfinite(row["loss/value"]) and np.isfinite(row["val/explained_variance"])
+    with pytest.raises(ValueError, match="value_model"):
+        ppo_lib.PPOConfig(value_model="twin")

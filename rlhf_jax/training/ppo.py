@@ -60,6 +60,7 @@ class PPOConfig:
     kl_in_loss: bool = False  # add β·KL to the policy loss instead of the reward
     # Advantages
     advantage_estimator: Literal["gae", "rloo", "grpo"] = "gae"  # gae needs the critic
+    value_model: Literal["separate", "shared"] = "separate"  # critic trunk: own, or the policy's
     samples_per_prompt: int = 1  # K (rloo/grpo need K >= 2)
     gamma: float = 1.0  # discount
     lam: float = 0.95  # GAE λ
@@ -91,6 +92,10 @@ class PPOConfig:
             raise ValueError(
                 f"ppo.advantage_estimator={self.advantage_estimator!r} needs "
                 f"ppo.samples_per_prompt >= 2; got {self.samples_per_prompt}"
+            )
+        if self.value_model not in ("separate", "shared"):
+            raise ValueError(
+                f"ppo.value_model={self.value_model!r}; expected 'separate' or 'shared'"
             )
         if self.temperature <= 0:
             raise ValueError(f"ppo.temperature must be > 0; got {self.temperature}")
@@ -140,21 +145,30 @@ def _merge(graphdef, params, rest):
 
 
 def _lm_logprobs_and_logits(model, tokens_BxL, attn_BxL, response_BxN, response_mask_BxN, t):
-    """Log-probs of the response under ``model`` at temperature ``t``; logits at its positions."""
+    """Log-probs of the response under ``model`` at temperature ``t``, the logits at its
+    positions, and the final hidden states (a shared-trunk value head reads them)."""
     p = tokens_BxL.shape[1] - response_BxN.shape[1]
-    logits = model(tokens_BxL, positions_BxT=positions_from_mask(attn_BxL), attn_mask_BxT=attn_BxL)
+    h_BxLxD = model.hidden_states(
+        tokens_BxL, positions_BxT=positions_from_mask(attn_BxL), attn_mask_BxT=attn_BxL
+    )
     # The logits at position P − 1 + i predict response token i.
-    logits_BxNxV = logits[:, p - 1 : -1]
+    logits_BxNxV = model.logits(h_BxLxD[:, p - 1 : -1])
     logp_BxN, _ = losses.sequence_logprobs(
         logits_BxNxV, response_BxN, response_mask_BxN, temperature=t
     )
-    return logp_BxN, logits_BxNxV
+    return logp_BxN, logits_BxNxV, h_BxLxD
 
 
-def _values(model, tokens_BxL, attn_BxL, n):
-    values_BxL = model(
-        tokens_BxL, positions_BxT=positions_from_mask(attn_BxL), attn_mask_BxT=attn_BxL
-    )
+def _values(critic_params, frozen, tokens_BxL, attn_BxL, h_BxLxD, n, *, models: Models, config):
+    """V at the positions before each response token: from the separate critic's own forward,
+    or (``value_model="shared"``) from the value head on the policy's hidden states."""
+    critic = _merge(models.critic, critic_params, frozen["critic_rest"])
+    if config.value_model == "shared":
+        values_BxL = critic(h_BxLxD)
+    else:
+        values_BxL = critic(
+            tokens_BxL, positions_BxT=positions_from_mask(attn_BxL), attn_mask_BxT=attn_BxL
+        )
     return values_BxL[:, -n - 1 : -1]
 
 
@@ -222,8 +236,8 @@ def score(state: PPOState, episodes, *, models: Models, config: PPOConfig, gold_
     n, t = response.shape[1], config.temperature
     policy = _merge(models.policy, state.policy, state.frozen["policy_rest"])
     reference = _merge(models.policy, state.frozen["reference"], state.frozen["policy_rest"])
-    logp, logits = _lm_logprobs_and_logits(policy, tokens, attn, response, mask, t)
-    ref_logp, _ = _lm_logprobs_and_logits(reference, tokens, attn, response, mask, t)
+    logp, logits, hidden = _lm_logprobs_and_logits(policy, tokens, attn, response, mask, t)
+    ref_logp, _, _ = _lm_logprobs_and_logits(reference, tokens, attn, response, mask, t)
     entropy = losses.entropy_from_logits(logits, mask, temperature=t)
 
     raw = raw_scores(state.frozen, episodes, models=models)
@@ -243,8 +257,10 @@ def score(state: PPOState, episodes, *, models: Models, config: PPOConfig, gold_
         scores, logp, ref_logp, mask, kl_coef=shaped_coef, estimator=config.kl_estimator
     )
     if config.uses_critic:
-        critic = _merge(models.critic, state.critic, state.frozen["critic_rest"])
-        values = _values(critic, tokens, attn, n) * mask
+        values = _values(
+            state.critic, state.frozen, tokens, attn, hidden, n, models=models, config=config
+        )
+        values = values * mask
         advantages, returns = losses.gae(rewards, values, mask, gamma=config.gamma, lam=config.lam)
     else:
         k = config.samples_per_prompt
@@ -299,10 +315,16 @@ def _denominator(mask_BxN, aggregation: str):
 
 
 def _policy_loss(params, frozen, batch, denom, *, models: Models, config: PPOConfig):
+    """Clipped surrogate (+ entropy bonus, + KL when it is in the loss); with a shared-trunk
+    value head, ``params`` is (policy, head) and the value loss is added with ``vf_coef``."""
+    if config.value_model == "shared" and config.uses_critic:
+        params, head = params
     tokens, attn = _sequence(batch)
     response, mask = batch["response_BxN"], batch["response_mask_BxN"]
     policy = _merge(models.policy, params, frozen["policy_rest"])
-    logp, logits = _lm_logprobs_and_logits(policy, tokens, attn, response, mask, config.temperature)
+    logp, logits, hidden = _lm_logprobs_and_logits(
+        policy, tokens, attn, response, mask, config.temperature
+    )
     norm = config.response_length
     loss, metrics = losses.ppo_policy_loss(
         logp,
@@ -329,29 +351,40 @@ def _policy_loss(params, frozen, batch, denom, *, models: Models, config: PPOCon
             kl, mask, mode=config.aggregation, norm_constant=norm, normalizer=denom
         )
         total = total + frozen_kl_coef(frozen) * kl_loss
-    return total, {**metrics, "pg_loss": loss, "entropy": ent_loss}
+    metrics = {**metrics, "pg_loss": loss, "entropy": ent_loss}
+    if config.value_model == "shared" and config.uses_critic:
+        values = _values(
+            head, frozen, tokens, attn, hidden, mask.shape[1], models=models, config=config
+        )
+        vf, v_metrics = _value_terms(values, batch, denom, config=config)
+        total = total + vf
+        metrics.update({f"v_{k}": v for k, v in v_metrics.items()})
+    return total, metrics
 
 
 def frozen_kl_coef(frozen):
     return frozen["kl_coef"]
 
 
-def _value_loss(params, frozen, batch, denom, *, models: Models, config: PPOConfig):
-    tokens, attn = _sequence(batch)
-    mask = batch["response_mask_BxN"]
-    critic = _merge(models.critic, params, frozen["critic_rest"])
-    values = _values(critic, tokens, attn, mask.shape[1])
+def _value_terms(values, batch, denom, *, config: PPOConfig):
     loss, metrics = losses.value_loss(
         values,
         batch["old_values_BxN"],
         batch["returns_BxN"],
-        mask,
+        batch["response_mask_BxN"],
         clip_eps=config.value_clip_eps,
         aggregation=config.aggregation,
         norm_constant=config.response_length,
         normalizer=denom,
     )
     return config.vf_coef * loss, {**metrics, "vf_loss": loss}
+
+
+def _value_loss(params, frozen, batch, denom, *, models: Models, config: PPOConfig):
+    tokens, attn = _sequence(batch)
+    n = batch["response_mask_BxN"].shape[1]
+    values = _values(params, frozen, tokens, attn, None, n, models=models, config=config)
+    return _value_terms(values, batch, denom, config=config)
 
 
 def _accumulated_grads(loss_fn, params, frozen, minibatch, accum_steps):
@@ -401,18 +434,27 @@ def update(state: PPOState, episodes, *, models: Models, config: PPOConfig):
     policy_loss = functools.partial(_policy_loss, models=models, config=config)
     value_loss = functools.partial(_value_loss, models=models, config=config)
 
+    shared = config.value_model == "shared" and config.uses_critic
+
     def minibatch_step(carry, indices):
         policy, policy_opt, critic, critic_opt = carry
         mb = jax.tree.map(lambda x: x[indices], batch)
         denom = _denominator(mb["response_mask_BxN"], config.aggregation)
+        # One forward for both losses when the value head sits on the policy's trunk.
+        params = (policy, critic) if shared else policy
         grads, p_metrics = _accumulated_grads(
-            lambda p, f, x: policy_loss(p, f, x, denom), policy, frozen, mb, config.grad_accum_steps
+            lambda p, f, x: policy_loss(p, f, x, denom), params, frozen, mb, config.grad_accum_steps
         )
+        if shared:
+            grads, v_grads = grads
+            v_updates, critic_opt = critic_tx.update(v_grads, critic_opt, critic)
+            critic = optax.apply_updates(critic, v_updates)
         updates, policy_opt = policy_tx.update(grads, policy_opt, policy)
         policy = optax.apply_updates(policy, updates)
-        metrics = {f"policy/{k}": v for k, v in p_metrics.items()}
+        metrics = {f"policy/{k}": v for k, v in p_metrics.items() if not k.startswith("v_")}
+        metrics.update({f"val/{k[2:]}": v for k, v in p_metrics.items() if k.startswith("v_")})
         metrics["policy/grad_norm"] = optax.tree.norm(grads)
-        if config.uses_critic:
+        if config.uses_critic and not shared:
             v_grads, v_metrics = _accumulated_grads(
                 lambda p, f, x: value_loss(p, f, x, denom),
                 critic,

@@ -145,7 +145,16 @@ def init_ppo_state(config: PPORunConfig, mesh):
     tokenizer = models.load_tokenizer(config.policy.tokenizer or config.policy.hf_path)
     eos_ids = tuple(policy_cfg.eos_token_ids) or (tokenizer.eos_token_id,)
     critic_g = critic = critic_rest = None
-    if ppo.uses_critic:
+    if ppo.uses_critic and ppo.value_model == "shared":
+        # A value head on the policy's own trunk: its only parameters are the head's.
+        critic_fn = lambda: models.ScalarHead(policy_cfg, kind="value", rngs=nnx.Rngs(config.seed))
+        critic_g, abstract_critic, abstract_rest = state_lib.split_model(nnx.eval_shape(critic_fn))
+        c_sh = sharding_lib.state_shardings(abstract_critic, mesh)
+        cr_sh = sharding_lib.state_shardings(abstract_rest, mesh)
+        critic, critic_rest = jax.jit(
+            lambda: state_lib.split_model(critic_fn())[1:], out_shardings=(c_sh, cr_sh)
+        )()
+    elif ppo.uses_critic:
         if config.value_init not in ("reward", "policy"):
             raise ValueError(f"value_init={config.value_init!r}; expected 'reward' or 'policy'")
         trunk_cfg = reward_cfg if config.value_init == "reward" else policy_cfg
