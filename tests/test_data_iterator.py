@@ -139,19 +139,27 @@ def test_empty_dataset_raises_with_the_report():
         data.BatchIterator(empty, batch_size=2, process_count=1)
 
 
-def test_a_jitted_step_traces_once_per_bucket():
+@pytest.mark.parametrize("window", [False, True])
+def test_a_jitted_step_traces_once_per_bucket_and_window(window):
     ds = random_dataset(40)
     traces = []
 
     @jax.jit
     def step(batch):
-        traces.append(batch["tokens_BxT"].shape)
+        traces.append((batch["tokens_BxT"].shape, batch.get("window_BxW", jnp.zeros(0)).shape))
         return jnp.sum(jnp.where(batch["loss_mask_BxT"][:, 1:], batch["tokens_BxT"][:, 1:], 0))
 
-    it = data.BatchIterator(ds, batch_size=4, process_count=1, num_epochs=2)
+    it = data.BatchIterator(ds, batch_size=4, process_count=1, num_epochs=2, response_window=window)
+    expected = set()
     for batch in it:
         step(batch)
-    assert sorted(traces) == sorted({(4, e.length) for e in ds.examples})
+        t = batch["tokens_BxT"].shape[1]
+        w = data.response_window(ds, batch["example_id_B"], length=t) if window else None
+        expected.add(((4, t), (0,) if w is None else (4, w)))
+    assert sorted(traces) == sorted(expected)
+    assert {shape for shape, _ in traces} == {(4, e.length) for e in ds.examples}
+    # Windows are bucket lengths shorter than the batch's: at most one trace per pair.
+    assert all(w == (0,) or (w[1] in ds.bucket_lengths and w[1] < t) for (_, t), w in traces)
 
 
 @given(

@@ -33,6 +33,9 @@ Batches (dicts of NumPy arrays; B = rows on this host, T = the batch's bucket le
                 (response k exists), ranks_BxK int32
     all         example_mask_B (False: a filler row of a bucket's last batch, every mask 0),
                 example_id_B (index into the TokenizedDataset, -1 for filler rows)
+    window      sft/preference, unless ``DataConfig.response_window=False``:
+                {prefix}window_BxW int32 and {prefix}window_mask_BxW bool, the W positions
+                whose logits predict response tokens (`collate`'s doc)
 ``loss_mask`` is True exactly at response tokens (EOS included). Shift convention:
 ``logits[:, t]`` predicts ``tokens[:, t + 1]``, so a step takes ``logits[:, :-1]`` against
 ``tokens[:, 1:]`` and masks with ``loss_mask[:, 1:]`` (``loss_mask[:, 0]`` is always False:
@@ -44,7 +47,7 @@ step traces at most once per bucket.
 """
 
 from rlhf_jax.data.buckets import Fit, fit_to_bucket, truncate_prompt
-from rlhf_jax.data.collate import collate
+from rlhf_jax.data.collate import collate, response_window, window_indices
 from rlhf_jax.data.config import FORMATS, TOO_LONG_POLICIES, DataConfig
 from rlhf_jax.data.encoding import Example, TokenizedDataset, tokenize_rows
 from rlhf_jax.data.formats import KINDS, Record, detect_kind
@@ -75,7 +78,9 @@ __all__ = [
     "load_rows",
     "load_train_eval",
     "make_iterator",
+    "response_window",
     "tokenize_rows",
     "train_eval_split",
     "truncate_prompt",
+    "window_indices",
 ]

@@ -10,6 +10,15 @@ Keys (``prefix`` is "" for SFT, "chosen_" / "rejected_" for preferences):
                                    `rlhf_jax.models.positions_from_mask`)
     example_mask_B          bool   False for rows that only fill a static batch (all masks 0)
     example_id_B            int32  index of the example in its TokenizedDataset; -1 for filler
+With a response window W (``collate(..., window=W)``, SFT and preferences only):
+    {prefix}window_BxW      int32  the positions whose logits predict the response tokens:
+                                   row b's response starts at p_b, so window[b, j] = p_b - 1 + j
+                                   for j < its length (EOS included), 0 after
+    {prefix}window_mask_BxW bool   True at the slots that hold a response position
+A step then computes logits on B×W positions instead of B×T (``rlhf_jax.training.sft.
+response_logits``): W is the smallest bucket length that holds the batch's longest response
+(`response_window`), so a long prompt with a short response does not pay for vocabulary
+projections it does not use.
 Rankings hold the K responses of a prompt on an extra axis: tokens_BxKxT, loss_mask_BxKxT,
 attn_mask_BxKxT, positions_BxKxT, plus mask_BxK (True where response k exists) and ranks_BxK
 (int32, 0 = best; 0 under mask_BxK False).
@@ -57,8 +66,61 @@ def _pack(dataset, indices_B, length, num_responses):
     return tokens, loss_mask, attn_mask, positions, mask_BxK, ranks_BxK
 
 
-def collate(dataset: TokenizedDataset, indices_B: Sequence[int], *, length: int) -> dict:
-    """The batch of the examples at ``indices_B`` padded to ``length`` (see the module doc)."""
+def response_window(
+    dataset: TokenizedDataset, indices: Sequence[int], *, length: int
+) -> int | None:
+    """The window W for a batch of the examples at ``indices`` padded to ``length``.
+
+    The smallest of the dataset's bucket lengths that holds the longest response among them
+    (EOS included), or None when that is not shorter than the T − 1 positions a full-length
+    window has (then the step takes every position). Call it with the *global* batch's indices
+    so that every host of a multi-host run picks the same W.
+    """
+    longest = max(
+        (
+            len(r)
+            for i in np.asarray(indices, np.int64)
+            if i >= 0
+            for r in dataset.examples[i].response_ids
+        ),
+        default=1,
+    )
+    width = next((w for w in dataset.bucket_lengths if w >= longest), length)
+    return width if width < length - 1 else None
+
+
+def window_indices(loss_mask_BxT: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(window_BxW, window_mask_BxW) of right-padded rows whose response is the contiguous run
+    of ``loss_mask``: slot j of row b is position p_b − 1 + j, whose logits predict token p_b + j.
+    """
+    loss_mask_BxT = np.asarray(loss_mask_BxT, bool)
+    counts = loss_mask_BxT.sum(axis=-1)
+    if np.any(counts > width):
+        row = int(np.argmax(counts > width))
+        raise ValueError(
+            f"row {row} has {int(counts[row])} response tokens; the window holds {width}"
+        )
+    starts = np.argmax(loss_mask_BxT, axis=-1)  # first response token (0 for empty rows)
+    if np.any(loss_mask_BxT[:, 0]):
+        raise ValueError("loss_mask[:, 0] is True: a response token has no prompt to predict it")
+    slots = np.arange(width)[None, :]
+    mask = slots < counts[:, None]
+    window = np.where(mask, starts[:, None] - 1 + slots, 0).astype(np.int32)
+    spans = np.where(mask, window + 1, 0)
+    if not np.array_equal(np.take_along_axis(loss_mask_BxT, spans, axis=1) & mask, mask):
+        raise ValueError("loss_mask is not one contiguous run per row; no response window")
+    return window, mask
+
+
+def collate(
+    dataset: TokenizedDataset,
+    indices_B: Sequence[int],
+    *,
+    length: int,
+    window: int | None = None,
+) -> dict:
+    """The batch of the examples at ``indices_B`` padded to ``length`` (see the module doc);
+    with ``window`` (SFT and preferences), the response-window keys too."""
     indices_B = np.asarray(indices_B, np.int64)
     tokens, loss_mask, attn_mask, positions, mask_BxK, ranks_BxK = _pack(
         dataset, indices_B, length, dataset.num_responses
@@ -79,4 +141,9 @@ def collate(dataset: TokenizedDataset, indices_B: Sequence[int], *, length: int)
             )
     else:
         batch.update({f"{name}_BxT": x[:, 0] for name, x in fields.items()})  # contiguous: K = 1
+    if window is not None and dataset.kind != "ranking":
+        prefixes = ("chosen_", "rejected_") if dataset.kind == "preference" else ("",)
+        for prefix in prefixes:
+            idx, mask = window_indices(batch[f"{prefix}loss_mask_BxT"], window)
+            batch[f"{prefix}window_BxW"], batch[f"{prefix}window_mask_BxW"] = idx, mask
     return batch

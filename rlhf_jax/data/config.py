@@ -33,6 +33,10 @@ class DataConfig:
     seed: int = 0
     # False keeps dataset order (within each bucket), e.g. for evaluation.
     shuffle: bool = True
+    # SFT/preference batches also carry a response window (the smallest bucket length holding
+    # the batch's longest response), and the LM losses compute logits only there; False takes
+    # logits at every position (one trace per bucket instead of per bucket × window).
+    response_window: bool = True
     # Rankings: K, the number of response slots; None takes the most any row has.
     max_responses: int | None = None
     # Held-out data: the dataset's own split of that name (e.g. "test") ...

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from rlhf_jax.data.collate import collate
+from rlhf_jax.data.collate import collate, response_window
 from rlhf_jax.data.encoding import TokenizedDataset
 
 PAD = -1  # plan entry of a filler row
@@ -53,7 +53,8 @@ class BatchIterator:
 
     Yields dicts as `rlhf_jax.data.collate` describes, with B = batch_size / process_count
     rows. ``num_epochs=None`` iterates forever (training counts steps); ``num_epochs=1``,
-    ``shuffle=False`` is one ordered pass (evaluation).
+    ``shuffle=False`` is one ordered pass (evaluation). With ``response_window`` (the default)
+    SFT and preference batches carry the response-window keys, W chosen from the global batch.
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class BatchIterator:
         num_epochs: int | None = None,
         process_index: int | None = None,
         process_count: int | None = None,
+        response_window: bool = True,
     ):
         if len(dataset) == 0:
             raise ValueError(
@@ -87,6 +89,7 @@ class BatchIterator:
         self.seed = seed
         self.shuffle = shuffle
         self.num_epochs = num_epochs
+        self.response_window = response_window
         self.local_batch_size = batch_size // self.process_count
         self._lengths_N = dataset.lengths()
         self._plan_epoch, self._plan_cache = None, []  # the plan of one epoch, kept
@@ -117,7 +120,16 @@ class BatchIterator:
         if self.step == self.steps_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
         start = self.process_index * self.local_batch_size
-        return collate(self.dataset, indices[start : start + self.local_batch_size], length=length)
+        # W from the global batch, so that every host pads its rows to the same window.
+        window = (
+            response_window(self.dataset, indices, length=length) if self.response_window else None
+        )
+        return collate(
+            self.dataset,
+            indices[start : start + self.local_batch_size],
+            length=length,
+            window=window,
+        )
 
     def state(self) -> dict[str, int]:
         """The position (next batch) plus what must match on restore; plain ints for Orbax."""

@@ -66,4 +66,5 @@ def make_iterator(
         num_epochs=num_epochs,
         process_index=process_index,
         process_count=process_count,
+        response_window=config.response_window,
     )

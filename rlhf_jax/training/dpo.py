@@ -6,7 +6,8 @@ axis). The reference log-probs are either precomputed once before training (batc
 or computed in the step from frozen reference params (``frozen["extra"]``).
 
 Pair batch keys as in ``reward.py``, plus ``chosen_loss_mask_BxT``/``rejected_loss_mask_BxT``
-marking the response tokens whose log-probs are summed.
+marking the response tokens whose log-probs are summed, and optionally the response-window keys
+(``chosen_window_BxW`` etc., one W for both; see ``sft.response_logits``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 
 from rlhf_jax import losses
 from rlhf_jax.training.reward import concat_pairs
-from rlhf_jax.training.sft import lm_forward, response_logprobs
+from rlhf_jax.training.sft import response_logits
 
 # Reference-free objectives use length-normalised policy log-probs and no reference model.
 REFERENCE_FREE = ("simpo", "orpo")
@@ -24,18 +25,13 @@ REFERENCE_FREE = ("simpo", "orpo")
 
 def pair_logprobs(graphdef, params, rest, batch):
     """Summed response log-probs and response lengths of chosen and rejected, one forward."""
-    tokens = concat_pairs(batch, "tokens_BxT")
-    loss_mask = concat_pairs(batch, "loss_mask_BxT")
-    logits = lm_forward(
-        graphdef,
-        params,
-        rest,
-        tokens,
-        concat_pairs(batch, "positions_BxT"),
-        concat_pairs(batch, "attn_mask_BxT"),
-    )
-    _, seq_logp = response_logprobs(logits, tokens, loss_mask)
-    lengths = jnp.sum(loss_mask[:, 1:], axis=-1, dtype=jnp.float32)
+    fields = ["tokens_BxT", "positions_BxT", "attn_mask_BxT", "loss_mask_BxT"]
+    if "chosen_window_BxW" in batch:
+        fields += ["window_BxW", "window_mask_BxW"]  # logits only on the responses' window
+    both = {field: concat_pairs(batch, field) for field in fields}
+    logits, targets, mask = response_logits(graphdef, params, rest, both)
+    _, seq_logp = losses.sequence_logprobs(logits, targets, mask)
+    lengths = jnp.sum(both["loss_mask_BxT"][:, 1:], axis=-1, dtype=jnp.float32)
     n = batch["chosen_tokens_BxT"].shape[0]
     return (seq_logp[:n], seq_logp[n:]), (lengths[:n], lengths[n:])
 

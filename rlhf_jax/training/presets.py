@@ -119,6 +119,7 @@ def phase_config(phase: str, arg: str | None) -> ml_collections.ConfigDict:
     c.data.batch_size = p["batch_size"]  # global batch (sequences or pairs) per step
     c.data.seed = 0  # shuffle seed
     c.data.shuffle = True  # reshuffle every epoch
+    c.data.response_window = True  # LM logits only on the responses' window of positions
     c.data.max_responses = _int(None)  # rankings: response slots K (None: the most in a row)
     c.data.eval_split = _str(None)  # held-out split name, or ...
     c.data.eval_fraction = 0.0 if phase == "sft" else 0.1  # ... a held-out fraction
