@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# Slow tests run in their own target; the default suite stays fast on a 2-core CPU.
-PYTEST_ARGS ?=
+# Slow tests run in their own target; the default suite stays fast on a 2-core CPU. Two
+# pytest-xdist workers keep both cores busy while the other compiles (most of a test's time).
+PYTEST_ARGS ?= -n 2
 
 .PHONY: demo demo-losses test test-slow test-all lint format bench-generate clean
 

@@ -44,6 +44,10 @@ ROWS = {
     "generate": ("generate", ("trl", "tunix")),
     "ppo": ("ppo", ("trl112", "tunix")),
     "ppo_fused": ("ppo_fused", ("trl112",)),  # the peers run their "ppo" row
+    # Ours alone, logits at every position (DataConfig.response_window=False): the A/B of the
+    # response window.
+    "sft_full": ("sft_full", ()),
+    "dpo_full": ("dpo_full", ()),
 }
 # PyTorch's OpenMP pool is fragile on a shared machine: with other processes on the 2 cores,
 # its 2 threads wait on each other at every op's barrier. A plain forward/backward of the LM at
@@ -57,6 +61,8 @@ DESCRIPTION = {
     "generate": "generation, batch 16, prompt 32, 64 new tokens (greedy)",
     "ppo": "PPO iteration, 16 episodes, prompt 32 + response 64, 4 epochs × 2 minibatches",
     "ppo_fused": "the same PPO iteration, ours fused into one XLA program",
+    "sft_full": "the SFT step with logits at all 128 positions (no response window)",
+    "dpo_full": "the DPO step with logits at all 128 positions (no response window)",
 }
 
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlhf_jax import models, sharding
+from rlhf_jax import data, models, sharding
 from rlhf_jax.generation import SamplingConfig, generate
 from rlhf_jax.training import dpo, ppo_runner, reward, sft
 from rlhf_jax.training import phase as phase_lib
@@ -37,27 +37,35 @@ def _mesh():
     return sharding.make_mesh(sharding.MeshConfig(num_devices=1))
 
 
-def _sequences(tokens_BxT):
-    """Full-length rows ending in EOS; the loss covers the response (positions ≥ P)."""
+def _sequences(tokens_BxT, window=True):
+    """Full-length rows ending in EOS; the loss covers the response (positions ≥ P).
+
+    With the response window `rlhf_jax.data` adds to SFT/preference batches: the bucket list
+    (64, 128) puts these rows in bucket 128 with a window of 64, so the LM head runs on the 64
+    positions that predict the response.
+    """
     tokens = tokens_BxT.copy()
     tokens[:, -1] = bc.EOS
     b, t = tokens.shape
     positions = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()
     attn = np.ones((b, t), bool)
     loss = positions >= bc.PROMPT_LEN
-    return {
+    batch = {
         "tokens_BxT": tokens,
         "positions_BxT": positions,
         "attn_mask_BxT": attn,
         "loss_mask_BxT": loss,
     }
+    if window:
+        batch["window_BxW"], batch["window_mask_BxW"] = data.window_indices(loss, bc.RESPONSE_LEN)
+    return batch
 
 
-def _pairs():
+def _pairs(window=True):
     chosen, rejected = bc.pair_tokens()
     batch = {}
     for side, tokens in (("chosen", chosen), ("rejected", rejected)):
-        batch.update({f"{side}_{k}": v for k, v in _sequences(tokens).items()})
+        batch.update({f"{side}_{k}": v for k, v in _sequences(tokens, window).items()})
     batch["example_mask_B"] = np.ones(bc.TRAIN_BATCH, np.float32)
     return batch
 
@@ -89,23 +97,23 @@ def run_reward(art, warmup):
     model = models.load_scalar_model(os.path.join(art, "rm"), kind="reward")
     cfg = model.config
     make = lambda: models.ScalarModel(cfg, kind="reward", rngs=nnx.Rngs(0))
-    _train_step_server(model, make, reward.reward_pair_loss, _pairs(), warmup)
+    _train_step_server(model, make, reward.reward_pair_loss, _pairs(window=False), warmup)
 
 
-def run_dpo(art, warmup):
+def run_dpo(art, warmup, *, window=True):
     model = models.load_pretrained(os.path.join(art, "lm"))
     cfg = model.config
     make = lambda: models.CausalLM(cfg, rngs=nnx.Rngs(0))
     loss = functools.partial(dpo.dpo_step_loss, beta=0.1)
-    _train_step_server(model, make, loss, _pairs(), warmup, reference=True)
+    _train_step_server(model, make, loss, _pairs(window), warmup, reference=True)
 
 
-def run_sft(art, warmup):
+def run_sft(art, warmup, *, window=True):
     model = models.load_pretrained(os.path.join(art, "lm"))
     cfg = model.config
     make = lambda: models.CausalLM(cfg, rngs=nnx.Rngs(0))
     chosen, _ = bc.pair_tokens()
-    _train_step_server(model, make, sft.sft_loss, _sequences(chosen), warmup)
+    _train_step_server(model, make, sft.sft_loss, _sequences(chosen, window), warmup)
 
 
 def run_generate(art, warmup):
@@ -178,6 +186,8 @@ ROWS = {
     "generate": run_generate,
     "ppo": run_ppo,
     "ppo_fused": functools.partial(run_ppo, fused=True),
+    "sft_full": functools.partial(run_sft, window=False),
+    "dpo_full": functools.partial(run_dpo, window=False),
 }
 
 

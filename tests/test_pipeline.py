@@ -31,6 +31,7 @@ def synthetic_config(arg, run_dir, **overrides):
     return build(PipelineConfig, c.to_dict())
 
 
+@pytest.mark.slow  # ~4-6 min on 2 cores, nearly all of it compiling the phases' programs
 def test_smoke_pipeline_runs_resumes_and_reports(tmp_path):
     config = synthetic_config("smoke", tmp_path)
     first = Pipeline(config).run(stop_after_phase="reward")

@@ -1,4 +1,7 @@
-"""Response-window logits: the data layer's window keys and the LM losses computed on them."""
+"""Response-window logits: the data layer's window keys and the LM losses computed on them.
+
+The sharded and gradient-accumulated DPO/SimPO steps of test_training_steps.py run on windowed
+batches too."""
 
 import functools
 
@@ -10,9 +13,8 @@ from flax import nnx
 from test_data_iterator import make_dataset
 from training_testing import tiny_lm
 
-from rlhf_jax import data, sharding
+from rlhf_jax import data
 from rlhf_jax.training import dpo, sft
-from rlhf_jax.training import state as state_lib
 
 
 def test_window_indices_closed_form():
@@ -181,26 +183,3 @@ def test_windowed_sft_loss_metrics_and_gradients_equal_the_full_computation():
     np.testing.assert_allclose(m_win["token_accuracy"], m_full["token_accuracy"], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_win), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
-
-
-def test_windowed_dpo_step_on_a_sharded_mesh_matches_one_device():
-    """The gather of the window partitions over data/fsdp/tensor like the rest of the step."""
-    tx = state_lib.make_optimizer(state_lib.OptimizerConfig(name="sgd", learning_rate=0.1))
-    batch = _with_window(_ragged_pairs(2, batch=8), 8, ("chosen_", "rejected_"))
-    results = []
-    for config in (
-        sharding.MeshConfig(num_devices=1),
-        sharding.MeshConfig(data=2, fsdp=2, tensor=2),
-    ):
-        mesh = sharding.make_mesh(config)
-        state, shardings, graphdef = state_lib.init_train_state(
-            tiny_lm, tx, mesh, seed=0, frozen_extra=nnx.state(tiny_lm(5), nnx.Param)
-        )
-        step = state_lib.jit_train_step(
-            functools.partial(dpo.dpo_step_loss, graphdef=graphdef, beta=0.1), tx, shardings, mesh
-        )
-        state, metrics = step(state, sharding.shard_batch(batch, mesh))
-        results.append((jax.device_get(state.params), float(metrics["loss"])))
-    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

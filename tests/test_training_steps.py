@@ -6,7 +6,13 @@ import jax
 import numpy as np
 import optax
 import pytest
-from training_testing import pair_batch, sft_batch, tiny_lm, tiny_reward_model
+from training_testing import (
+    pair_batch,
+    sft_batch,
+    tiny_lm,
+    tiny_reward_model,
+    windowed_pair_batch,
+)
 
 from rlhf_jax import sharding
 from rlhf_jax.training import dpo, reward, sft
@@ -28,14 +34,25 @@ def _reference_params():
 PHASES = {
     "sft": (tiny_lm, sft.sft_loss, sft_batch, None),
     "reward": (tiny_reward_model, reward.reward_pair_loss, pair_batch, None),
-    "dpo": (tiny_lm, functools.partial(dpo.dpo_step_loss, beta=0.1), pair_batch, _reference_params),
+    # DPO-family rows carry the response window, as the data layer's batches do.
+    "dpo": (
+        tiny_lm,
+        functools.partial(dpo.dpo_step_loss, beta=0.1),
+        windowed_pair_batch,
+        _reference_params,
+    ),
     "ipo": (
         tiny_lm,
         functools.partial(dpo.dpo_step_loss, beta=0.1, loss_type="ipo"),
         pair_batch,
         _reference_params,
     ),
-    "simpo": (tiny_lm, functools.partial(dpo.dpo_step_loss, loss_type="simpo"), pair_batch, None),
+    "simpo": (
+        tiny_lm,
+        functools.partial(dpo.dpo_step_loss, loss_type="simpo"),
+        windowed_pair_batch,
+        None,
+    ),
 }
 
 

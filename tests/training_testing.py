@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx
 
+from rlhf_jax.data import window_indices
 from rlhf_jax.models import CausalLM, ModelConfig, ScalarModel
 
 TINY = ModelConfig(
@@ -53,6 +54,15 @@ def _sequences(rng, batch, length, prompt_len, vocab):
 
 def sft_batch(seed: int, batch: int = 8, length: int = 12, vocab: int = 64):
     return _sequences(np.random.default_rng(seed), batch, length, 3, vocab)
+
+
+def windowed_pair_batch(seed: int, batch: int = 8, length: int = 12, vocab: int = 64):
+    """`pair_batch` with the response-window keys the data layer adds (W = 9 of 11 positions)."""
+    out = pair_batch(seed, batch, length, vocab)
+    for side in ("chosen", "rejected"):
+        window, mask = window_indices(out[f"{side}_loss_mask_BxT"], length - 3)
+        out[f"{side}_window_BxW"], out[f"{side}_window_mask_BxW"] = window, mask
+    return out
 
 
 def pair_batch(seed: int, batch: int = 8, length: int = 12, vocab: int = 64, padded_rows=0):
