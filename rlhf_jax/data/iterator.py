@@ -121,9 +121,9 @@ class BatchIterator:
             self.epoch, self.step = self.epoch + 1, 0
         start = self.process_index * self.local_batch_size
         # W from the global batch, so that every host pads its rows to the same window.
-        window = (
-            response_window(self.dataset, indices, length=length) if self.response_window else None
-        )
+        window = None
+        if self.response_window and self.dataset.kind != "ranking":  # rankings: no LM loss
+            window = response_window(self.dataset, indices, length=length)
         return collate(
             self.dataset,
             indices[start : start + self.local_batch_size],

@@ -20,26 +20,24 @@ from flax import nnx
 from rlhf_jax import losses
 
 
-def response_logits(graphdef, params, rest, batch, prefix: str = ""):
+def response_logits(graphdef, params, rest, batch):
     """(logits (B, N, V), targets (B, N), mask (B, N)): the LM's predictions of the response.
 
     Without window keys N = T − 1: logits at positions 0..T−2 against tokens 1..T−1 under
-    ``loss_mask[:, 1:]``. With ``{prefix}window_BxW`` N = W: the hidden states are gathered at
+    ``loss_mask[:, 1:]``. With ``window_BxW`` N = W: the hidden states are gathered at
     the window's positions first, so the LM head sees only those.
     """
     model = nnx.merge(graphdef, params, rest)
-    tokens = batch[f"{prefix}tokens_BxT"]
+    tokens = batch["tokens_BxT"]
     h = model.hidden_states(
-        tokens,
-        positions_BxT=batch[f"{prefix}positions_BxT"],
-        attn_mask_BxT=batch[f"{prefix}attn_mask_BxT"],
+        tokens, positions_BxT=batch["positions_BxT"], attn_mask_BxT=batch["attn_mask_BxT"]
     )
-    window = batch.get(f"{prefix}window_BxW")
+    window = batch.get("window_BxW")
     if window is None:
-        return model.logits(h[:, :-1]), tokens[:, 1:], batch[f"{prefix}loss_mask_BxT"][:, 1:]
+        return model.logits(h[:, :-1]), tokens[:, 1:], batch["loss_mask_BxT"][:, 1:]
     h = jnp.take_along_axis(h, window[:, :, None], axis=1)
     targets = jnp.take_along_axis(tokens, window + 1, axis=1)
-    return model.logits(h), targets, batch[f"{prefix}window_mask_BxW"]
+    return model.logits(h), targets, batch["window_mask_BxW"]
 
 
 def sft_loss(params, frozen, batch, rng, *, graphdef):
