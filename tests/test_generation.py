@@ -12,6 +12,7 @@ from model_testing import ARCHS, forward, hf_checkpoint, random_batch
 
 from rlhf_jax import losses
 from rlhf_jax.generation import SamplingConfig, filter_logits, generate, sample, sample_token
+from rlhf_jax.generation.generate import compute_dtype_matrices
 from rlhf_jax.models import load_pretrained
 
 PAD, EOS = 0, 2
@@ -186,3 +187,28 @@ def test_bad_sampling_settings_are_rejected():
     prompt, mask = _prompts()
     with pytest.raises(ValueError, match="exceeds the model's max_position_embeddings 64"):
         _run(model, prompt, mask, max_new_tokens=58)
+
+
+@pytest.mark.parametrize("arch", ["llama3_tied", "gpt2"])
+def test_mixed_precision_decode_reads_matrices_in_the_compute_dtype(arch):
+    """float32 parameters computing in bfloat16: the sampler casts the matrices once, before the
+    decode loop. The layers cast them on use anyway, so the forward is bit-identical; vectors
+    (norm scales, biases: LayerNorm uses them in float32) keep their storage dtype."""
+    model = load_pretrained(hf_checkpoint(arch)[0], dtype="bfloat16")
+    graphdef, params = nnx.split(model)
+    cast = compute_dtype_matrices(params, "bfloat16")
+    for (path, before), after in zip(
+        jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(cast), strict=True
+    ):
+        expected = jnp.bfloat16 if before.ndim >= 2 else jnp.float32
+        assert after.dtype == expected, (jax.tree_util.keystr(path), after.dtype)
+    prompt, mask = _prompts()
+    np.testing.assert_array_equal(
+        forward(nnx.merge(graphdef, cast), prompt, mask), forward(model, prompt, mask)
+    )
+    outs = [
+        _run(nnx.merge(graphdef, p), prompt, mask, max_new_tokens=8, temperature=1.0)
+        for p in (params, cast)
+    ]
+    np.testing.assert_array_equal(outs[0].tokens_BxN, outs[1].tokens_BxN)
+    np.testing.assert_array_equal(outs[0].logprobs_BxN, outs[1].logprobs_BxN)
