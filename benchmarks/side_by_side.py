@@ -30,6 +30,9 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import bench_common as bc  # noqa: E402  (numpy only; its profile comes from RLHF_BENCH_PROFILE)
+
 SIDES = {
     "ours": (".venv", "worker_ours.py"),
     "trl": (".venv", "worker_trl.py"),
@@ -54,36 +57,65 @@ ROWS = {
 # 16 x 128 took 3.7-4.8 s with 2 threads and 0.66-0.86 s with 1, alternating runs under the
 # same load (XLA's pool degrades far less). ``--torch-threads`` sets the peers' thread count.
 TORCH_SIDES = ("trl", "trl112")
+_B, _T, _R = bc.TRAIN_BATCH, bc.SEQ_LEN, bc.RESPONSE_LEN
 DESCRIPTION = {
-    "reward": "reward-model step, 16 pairs × 128 tokens",
-    "dpo": "DPO step (policy + in-step reference), 16 pairs × 128",
-    "sft": "SFT step, 16 × 128 (loss on the last 64)",
-    "generate": "generation, batch 16, prompt 32, 64 new tokens (greedy)",
-    "ppo": "PPO iteration, 16 episodes, prompt 32 + response 64, 4 epochs × 2 minibatches",
+    "reward": f"reward-model step, {_B} pairs × {_T} tokens",
+    "dpo": f"DPO step (policy + in-step reference), {_B} pairs × {_T}",
+    "sft": f"SFT step, {_B} × {_T} (loss on the last {_R})",
+    "generate": f"generation, batch {bc.GEN_BATCH}, prompt {bc.GEN_PROMPT}, "
+    f"{bc.GEN_NEW} new tokens (greedy)",
+    "ppo": f"PPO iteration, {bc.PPO_BATCH} episodes, prompt {bc.PPO_PROMPT} + response "
+    f"{bc.PPO_RESPONSE}, {bc.PPO_EPOCHS} epochs × {bc.PPO_MINIBATCHES} minibatches",
     "ppo_fused": "the same PPO iteration, ours fused into one XLA program",
-    "sft_full": "the SFT step with logits at all 128 positions (no response window)",
-    "dpo_full": "the DPO step with logits at all 128 positions (no response window)",
+    "sft_full": f"the SFT step with logits at all {_T} positions (no response window)",
+    "dpo_full": f"the DPO step with logits at all {_T} positions (no response window)",
 }
 
 
+def side_python(side, same_python):
+    """(interpreter, extra PYTHONPATH) of a side: its virtualenv's python, or with
+    ``same_python`` this interpreter for every side plus ``$BENCH_PYTHONPATH_<SIDE>`` (where a
+    machine holds the peers as package folders rather than virtualenvs)."""
+    if same_python:
+        return pathlib.Path(sys.executable), os.environ.get(f"BENCH_PYTHONPATH_{side.upper()}")
+    return ROOT / SIDES[side][0] / "bin" / "python", None
+
+
 class Worker:
-    def __init__(self, side, row, artifacts, warmup, log_dir, torch_threads=None):
+    def __init__(
+        self,
+        side,
+        row,
+        artifacts,
+        warmup,
+        log_dir,
+        torch_threads=None,
+        same_python=False,
+        shared_gpu=True,
+    ):
         venv, script = SIDES[side]
-        python = ROOT / venv / "bin" / "python"
-        self.side, self.failure, self.info = side, None, {}
+        python, extra_path = side_python(side, same_python)
+        self.side, self.failure, self.info, self.proc = side, None, {}, None
         self.log = pathlib.Path(log_dir) / f"{row}-{side}.log"
         if not python.exists():
             self.failure = f"{venv} missing: run `bash benchmarks/setup_peers.sh`"
             return
         env = dict(
             os.environ,
-            JAX_PLATFORMS="cpu",
+            JAX_PLATFORMS=bc.JAX_PLATFORMS,
             TOKENIZERS_PARALLELISM="false",
             HF_HUB_OFFLINE="1",
             HF_DATASETS_OFFLINE="1",
             TRANSFORMERS_VERBOSITY="error",
             PYTHONWARNINGS="ignore",
         )
+        if extra_path:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, env.get("PYTHONPATH")]))
+        if bc.DEVICE == "gpu":
+            # JAX grows its pool as it needs (up to a cap) instead of taking 75% of the GPU
+            # up front, so that the PyTorch side of the row finds memory too.
+            env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+            env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.6" if shared_gpu else "0.9")
         if torch_threads and side in TORCH_SIDES:
             env.update(OMP_NUM_THREADS=str(torch_threads), MKL_NUM_THREADS=str(torch_threads))
         cmd = [str(python), str(BENCH / script), "--row", row, "--artifacts", artifacts]
@@ -97,6 +129,10 @@ class Worker:
             cwd=ROOT,
             env=env,
         )
+
+    def wait_ready(self):
+        if self.failure:
+            return
         kind, payload = self._read()
         if kind == "READY":
             self.info = json.loads(payload or "{}")
@@ -118,7 +154,8 @@ class Worker:
         lines = [x for x in self.log.read_text().splitlines() if x.strip()]
         return lines[-1][-300:] if lines else "(no output)"
 
-    def step(self) -> float | None:
+    def step(self) -> tuple[float, dict] | None:
+        """One step: (seconds, the worker's part times, e.g. PPO's rollout/score/update)."""
         if self.failure:
             return None
         self.proc.stdin.write("step\n")
@@ -127,10 +164,11 @@ class Worker:
         if kind != "TIME":
             self.failure = f"worker died during timing (log: {self.log}): {self._tail()}"
             return None
-        return float(payload)
+        seconds, _, parts = payload.partition(" ")
+        return float(seconds), json.loads(parts) if parts else {}
 
     def close(self):
-        if getattr(self, "proc", None) is not None and self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             try:
                 self.proc.stdin.write("quit\n")
                 self.proc.stdin.flush()
@@ -139,47 +177,86 @@ class Worker:
                 self.proc.kill()
 
 
-def run_row(row, artifacts, repeats, warmup, log_dir, peers, torch_threads):
+def run_row(
+    row,
+    artifacts,
+    repeats,
+    warmup,
+    log_dir,
+    peers,
+    torch_threads,
+    *,
+    same_python=False,
+    parallel_warmup=False,
+):
+    """Warms every side up (one at a time, or all at once with ``parallel_warmup``: no side is
+    timed until all are ready), then times ``repeats`` rounds, one step per side in turn."""
     ours_row, row_peers = ROWS[row]
     sides = ["ours", *[p for p in row_peers if p in peers]]
     workers = []
-    for side in sides:  # warm up one at a time: a compiling side would slow a timed one
+    for side in sides:
         print(f"[{row}] warming up {side}", file=sys.stderr, flush=True)
         side_row = ours_row if side == "ours" else row.removesuffix("_fused")
-        workers.append(Worker(side, side_row, artifacts, warmup, log_dir, torch_threads))
+        w = Worker(
+            side,
+            side_row,
+            artifacts,
+            warmup,
+            log_dir,
+            torch_threads,
+            same_python,
+            shared_gpu=len(sides) > 1,
+        )
+        if not parallel_warmup:  # a compiling side would slow a timed one
+            w.wait_ready()
+        workers.append(w)
+    if parallel_warmup:
+        for w in workers:
+            w.wait_ready()
     times = {w.side: [] for w in workers}
+    parts = {w.side: [] for w in workers}
     for _ in range(repeats):
         for w in workers:
             t = w.step()
             if t is not None:
-                times[w.side].append(t)
+                times[w.side].append(t[0])
+                parts[w.side].append(t[1])
     for w in workers:
         w.close()
     result = {"row": row, "sides": {}}
     for w in workers:
         ts = times[w.side]
+        names = sorted({k for p in parts[w.side] for k in p})
         result["sides"][w.side] = {
             "median_s": statistics.median(ts) if ts and not w.failure else None,
             "times_s": ts,
+            "parts_median_s": {
+                k: statistics.median(p[k] for p in parts[w.side] if k in p) for k in names
+            },
             "failure": w.failure,
             "info": w.info,
         }
     return result
 
 
-def versions():
+def versions(same_python=False, sides=tuple(SIDES)):
     out = {"python": platform.python_version()}
-    for side, (venv, _) in SIDES.items():
-        python = ROOT / venv / "bin" / "python"
+    for side in sides:
+        python, extra_path = side_python(side, same_python)
         if not python.exists():
             continue
+        env = dict(os.environ)
+        if extra_path:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, env.get("PYTHONPATH")]))
         mods = {"ours": "jax torch", "trl": "trl", "trl112": "trl", "tunix": "tunix jax"}[side]
         code = (
             "import importlib.metadata as m, sys\n"
             "names = {'jax':'jax','torch':'torch','trl':'trl','tunix':'google-tunix'}\n"
             "print(' '.join(f'{k}={m.version(names[k])}' for k in sys.argv[1:]))"
         )
-        r = subprocess.run([str(python), "-c", code, *mods.split()], capture_output=True, text=True)
+        r = subprocess.run(
+            [str(python), "-c", code, *mods.split()], capture_output=True, text=True, env=env
+        )
         out[side] = r.stdout.strip() or r.stderr.strip()[-200:]
     return out
 
@@ -193,6 +270,18 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor()
+
+
+def gpu_model():
+    try:
+        r = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        )
+        return r.stdout.strip() or r.stderr.strip()
+    except OSError as e:
+        return f"nvidia-smi: {e}"
 
 
 def fmt_ms(side):
@@ -234,6 +323,20 @@ def main():
         help="OMP_NUM_THREADS of the PyTorch peers (default: PyTorch's own, one per core)",
     )
     parser.add_argument("--json", help="also write the results (all step times) here")
+    parser.add_argument("--log-dir", help="where the workers' logs go (default: a temp folder)")
+    parser.add_argument(
+        "--artifacts", help="checkpoint folder to reuse (written there first if it is empty)"
+    )
+    parser.add_argument(
+        "--same-python",
+        action="store_true",
+        help="run every side with this interpreter (plus $BENCH_PYTHONPATH_<SIDE>), not .venv*",
+    )
+    parser.add_argument(
+        "--parallel-warmup",
+        action="store_true",
+        help="warm all sides of a row up at once (on a GPU machine with cores to spare)",
+    )
     args = parser.parse_args()
     rows = args.rows.split(",")
     for row in rows:
@@ -241,23 +344,33 @@ def main():
             parser.error(f"unknown row {row!r}; expected some of {sorted(ROWS)}")
     peers = set(args.peers.split(","))
 
-    log_dir = tempfile.mkdtemp(prefix="bench-logs-")
-    artifacts = tempfile.mkdtemp(prefix="bench-models-")
-    sys.path.insert(0, str(BENCH))
-    import bench_common
-
-    bench_common.write_artifacts(artifacts)
+    log_dir = args.log_dir or tempfile.mkdtemp(prefix="bench-logs-")
+    artifacts = args.artifacts or tempfile.mkdtemp(prefix="bench-models-")
+    if not (pathlib.Path(artifacts) / "rm" / "config.json").exists():
+        bc.write_artifacts(artifacts)
     results = []
     for row in rows:
         results.append(
-            run_row(row, artifacts, args.repeats, args.warmup, log_dir, peers, args.torch_threads)
+            run_row(
+                row,
+                artifacts,
+                args.repeats,
+                args.warmup,
+                log_dir,
+                peers,
+                args.torch_threads,
+                same_python=args.same_python,
+                parallel_warmup=args.parallel_warmup,
+            )
         )
         print_table(results[-1:])
     meta = {
         "date": datetime.date.today().isoformat(),
+        "profile": bc.PROFILE_NAME,
         "cpu": cpu_model(),
+        "gpu": gpu_model() if bc.DEVICE == "gpu" else None,
         "cores": os.cpu_count(),
-        "versions": versions(),
+        "versions": versions(args.same_python, [s for s in SIDES if s in {"ours", *peers}]),
         "repeats": args.repeats,
         "warmup": args.warmup,
         "torch_threads": args.torch_threads or "default",
@@ -268,6 +381,10 @@ def main():
     print_table(results)
     for r in results:
         print(f"  {r['row']}: {DESCRIPTION[r['row']]}")
+        for side, res in r["sides"].items():
+            if res["parts_median_s"]:
+                split = ", ".join(f"{k} {v * 1e3:,.0f}" for k, v in res["parts_median_s"].items())
+                print(f"    {side} split (ms, medians): {split}")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
 

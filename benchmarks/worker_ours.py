@@ -16,10 +16,12 @@ import argparse
 import functools
 import os
 import tempfile
-
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import time
 
 import bench_common as bc
+
+os.environ.setdefault("JAX_PLATFORMS", bc.JAX_PLATFORMS)
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,14 +96,14 @@ def _train_step_server(model, make_model, loss_fn, batch, warmup, *, reference=F
 
 
 def run_reward(art, warmup):
-    model = models.load_scalar_model(os.path.join(art, "rm"), kind="reward")
+    model = models.load_scalar_model(os.path.join(art, "rm"), kind="reward", dtype=bc.DTYPE)
     cfg = model.config
     make = lambda: models.ScalarModel(cfg, kind="reward", rngs=nnx.Rngs(0))
     _train_step_server(model, make, reward.reward_pair_loss, _pairs(window=False), warmup)
 
 
 def run_dpo(art, warmup, *, window=True):
-    model = models.load_pretrained(os.path.join(art, "lm"))
+    model = models.load_pretrained(os.path.join(art, "lm"), dtype=bc.DTYPE)
     cfg = model.config
     make = lambda: models.CausalLM(cfg, rngs=nnx.Rngs(0))
     loss = functools.partial(dpo.dpo_step_loss, beta=0.1)
@@ -109,7 +111,7 @@ def run_dpo(art, warmup, *, window=True):
 
 
 def run_sft(art, warmup, *, window=True):
-    model = models.load_pretrained(os.path.join(art, "lm"))
+    model = models.load_pretrained(os.path.join(art, "lm"), dtype=bc.DTYPE)
     cfg = model.config
     make = lambda: models.CausalLM(cfg, rngs=nnx.Rngs(0))
     chosen, _ = bc.pair_tokens()
@@ -117,7 +119,7 @@ def run_sft(art, warmup, *, window=True):
 
 
 def run_generate(art, warmup):
-    model = models.load_pretrained(os.path.join(art, "lm"))
+    model = models.load_pretrained(os.path.join(art, "lm"), dtype=bc.DTYPE)
     graphdef, params = nnx.split(model)
     prompt, mask = bc.ragged_prompts(bc.GEN_BATCH, bc.GEN_PROMPT)
     prompt, mask = jnp.asarray(prompt), jnp.asarray(mask)
@@ -147,8 +149,8 @@ def run_ppo(art, warmup, *, fused=False):
     with tempfile.TemporaryDirectory() as run_dir:
         config = ppo_runner.PPORunConfig(
             run_dir=run_dir,
-            policy=phase_lib.ModelSource(hf_path=os.path.join(art, "lm")),
-            reward=phase_lib.ModelSource(hf_path=os.path.join(art, "rm")),
+            policy=phase_lib.ModelSource(hf_path=os.path.join(art, "lm"), dtype=bc.DTYPE),
+            reward=phase_lib.ModelSource(hf_path=os.path.join(art, "rm"), dtype=bc.DTYPE),
             prompts="(unused)",
             prompt_length=bc.PPO_PROMPT,
             prompts_per_iteration=bc.PPO_BATCH,
@@ -164,17 +166,26 @@ def run_ppo(art, warmup, *, fused=False):
     holder = {"state": state}
 
     def one():
-        state = holder["state"]
+        state, parts = holder["state"], {}
+        t0 = time.perf_counter()
         if fused:
             state, metrics, _, _ = fns["fused"](state, batch["t"], batch["m"])
         else:
-            episodes = fns["rollout"](state, batch["t"], batch["m"])
-            episodes, ep_metrics, _ = fns["score"](state, episodes)
+            # Each program is waited for, to time the split; the next one could not start
+            # earlier anyway, since it needs the previous one's output.
+            episodes = jax.block_until_ready(fns["rollout"](state, batch["t"], batch["m"]))
+            t1 = time.perf_counter()
+            episodes, ep_metrics, _ = jax.block_until_ready(fns["score"](state, episodes))
+            t2 = time.perf_counter()
             state, up_metrics = fns["update"](state, episodes)
             metrics = {**ep_metrics, **up_metrics}
+            parts = {"rollout": t1 - t0, "score": t2 - t1}
         holder["state"] = state
         jax.device_get(metrics)  # the host logs them, as TRL's .item() calls do
         jax.block_until_ready(state)
+        if parts:
+            parts["update"] = time.perf_counter() - t0 - parts["rollout"] - parts["score"]
+        return parts
 
     bc.serve(one, warmup=warmup, info={"fused": fused})
 

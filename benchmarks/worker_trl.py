@@ -34,13 +34,13 @@ class StepServer(transformers.TrainerCallback):
         self.warmup, self.info, self.done, self.t0 = warmup, info, 0, None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.t0 = time.perf_counter()
+        self.t0 = _now()
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.t0 = time.perf_counter()
+        self.t0 = _now()
 
     def on_step_end(self, args, state, control, **kwargs):
-        seconds = time.perf_counter() - self.t0
+        seconds = _now() - self.t0
         self.done += 1
         if self.done == self.warmup:
             bc.ready(self.info)
@@ -48,7 +48,20 @@ class StepServer(transformers.TrainerCallback):
             bc.report(seconds)
         if self.done >= self.warmup and bc.next_command() != "step":
             bc.quit_now()
-        self.t0 = time.perf_counter()
+        self.t0 = _now()
+
+
+def _now() -> float:
+    """Host time once the GPU's queued work is done (a CUDA step returns before it runs)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def _load(cls, path, **kwargs):
+    """float32 parameters on every side (transformers 5 would keep a checkpoint's dtype);
+    bf16 runs compute in bfloat16 under autocast, as ours casts on use."""
+    return cls.from_pretrained(path, dtype=torch.float32, **kwargs)
 
 
 def common_args(output_dir: str) -> dict:
@@ -58,11 +71,12 @@ def common_args(output_dir: str) -> dict:
         max_steps=1_000_000,
         learning_rate=bc.LEARNING_RATE,
         max_grad_norm=1.0,
-        # fp32 end to end and no activation recomputation, like our side (TRL defaults to bf16
-        # and gradient checkpointing).
-        bf16=False,
+        # The profile's precision and no activation recomputation, like our side (TRL defaults
+        # to bf16 and gradient checkpointing): float32 on the CPU profile, float32 parameters
+        # with bfloat16 autocast on the GPU ones.
+        bf16=bc.DTYPE == "bfloat16",
         gradient_checkpointing=False,
-        use_cpu=True,
+        use_cpu=bc.DEVICE == "cpu",
         save_strategy="no",
         logging_strategy="no",
         report_to="none",
@@ -89,8 +103,8 @@ def run_reward(art, warmup, out):
         }
     )
     tok = transformers.AutoTokenizer.from_pretrained(os.path.join(art, "rm"))
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        os.path.join(art, "rm"), num_labels=1
+    model = _load(
+        transformers.AutoModelForSequenceClassification, os.path.join(art, "rm"), num_labels=1
     )
     args = RewardConfig(**common_args(out))
     trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
@@ -114,7 +128,7 @@ def run_dpo(art, warmup, out):
         }
     )
     tok = transformers.AutoTokenizer.from_pretrained(os.path.join(art, "lm"))
-    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(art, "lm"))
+    model = _load(transformers.AutoModelForCausalLM, os.path.join(art, "lm"))
     ref = copy.deepcopy(model)
     args = DPOConfig(
         **common_args(out), beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=False
@@ -142,7 +156,7 @@ def run_sft(art, warmup, out):
         }
     )
     tok = transformers.AutoTokenizer.from_pretrained(os.path.join(art, "lm"))
-    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(art, "lm"))
+    model = _load(transformers.AutoModelForCausalLM, os.path.join(art, "lm"))
     args = SFTConfig(**common_args(out), completion_only_loss=True, packing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     info = _check_lengths(trainer, ["input_ids"])
@@ -152,10 +166,14 @@ def run_sft(art, warmup, out):
 
 def run_generate(art, warmup, out):
     del out
-    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(art, "lm")).eval()
+    model = _load(transformers.AutoModelForCausalLM, os.path.join(art, "lm")).eval()
+    # Inference in the compute dtype: bfloat16 weights on the GPU profiles (ours casts the
+    # matrices once before its decode loop).
+    device = "cuda" if bc.DEVICE == "gpu" else "cpu"
+    model = model.to(device=device, dtype=getattr(torch, bc.DTYPE))
     prompt, mask = bc.ragged_prompts(bc.GEN_BATCH, bc.GEN_PROMPT)
-    prompt_t = torch.from_numpy(prompt.astype(np.int64))
-    mask_t = torch.from_numpy(mask.astype(np.int64))
+    prompt_t = torch.from_numpy(prompt.astype(np.int64)).to(device)
+    mask_t = torch.from_numpy(mask.astype(np.int64)).to(device)
 
     def step():
         with torch.no_grad():
@@ -168,6 +186,7 @@ def run_generate(art, warmup, out):
                 pad_token_id=bc.PAD,
             )
         assert out.shape[1] == bc.GEN_PROMPT + bc.GEN_NEW
+        _now()
 
     bc.serve(step, warmup=warmup, info={"torch_threads": torch.get_num_threads()})
 
@@ -180,13 +199,13 @@ def run_ppo(art, warmup, out):
     ds = Dataset.from_dict(
         {"input_ids": [p[m].tolist() for p, m in zip(prompt, mask, strict=True)]}
     )
-    policy = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(art, "lm"))
-    ref = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(art, "lm"))
-    reward = transformers.AutoModelForSequenceClassification.from_pretrained(
-        os.path.join(art, "rm"), num_labels=1
+    policy = _load(transformers.AutoModelForCausalLM, os.path.join(art, "lm"))
+    ref = _load(transformers.AutoModelForCausalLM, os.path.join(art, "lm"))
+    reward = _load(
+        transformers.AutoModelForSequenceClassification, os.path.join(art, "rm"), num_labels=1
     )
-    value = transformers.AutoModelForSequenceClassification.from_pretrained(
-        os.path.join(art, "rm"), num_labels=1
+    value = _load(
+        transformers.AutoModelForSequenceClassification, os.path.join(art, "rm"), num_labels=1
     )
     micro = bc.PPO_BATCH // bc.PPO_MINIBATCHES  # one micro-batch per minibatch
     kwargs = common_args(out)

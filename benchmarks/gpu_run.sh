@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up a bare GPU machine from carried wheels and runs every GPU benchmark (benchmarks/gpu.py).
+#
+#   bash benchmarks/gpu_run.sh OUT_DIR [gpu.py arguments...]
+#
+# Expects, in the repository root, the wheels that `bash benchmarks/gpu_wheels.sh` downloads:
+# .whl/*.whl (datasets, ml-collections and their missing needs), .whl/flax/ (our pinned flax),
+# .whl/trl112/ and .whl/trl116/ (the PPO and the Reward/DPO/SFT peers). The machine's own jax,
+# torch and transformers are used as they are.
+set -u
+out=${1:?OUT_DIR}
+shift
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+pipi() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$@"; }
+pipi /tmp/site .whl/*.whl || exit 1
+pipi /tmp/flax .whl/flax/*.whl || exit 1
+pipi /tmp/trl112 .whl/trl112/*.whl || exit 1
+pipi /tmp/trl116 .whl/trl116/*.whl || exit 1
+export PYTHONPATH=$root:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export BENCH_PYTHONPATH_TRL=/tmp/trl116 BENCH_PYTHONPATH_TRL112=/tmp/trl112
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+python3 -c "import jax, torch, transformers; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__, 'transformers', transformers.__version__)"
+# Our pinned flax first; the machine's own if that one does not run with the machine's jax.
+if PYTHONPATH=/tmp/flax:$PYTHONPATH python3 benchmarks/gpu.py --smoke; then
+  export PYTHONPATH=/tmp/flax:$PYTHONPATH
+elif ! python3 benchmarks/gpu.py --smoke; then
+  echo "neither flax runs with this jax" >&2
+  exit 1
+fi
+python3 benchmarks/gpu.py --out "$out" "$@"
