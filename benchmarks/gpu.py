@@ -264,6 +264,7 @@ def main():
     parser.add_argument(
         "--profile", help="run the plan's rows on this profile instead (qwen2-smoke: a CPU dry run)"
     )
+    parser.add_argument("--peaks-json", help="ceilings measured earlier on this GPU (JSON)")
     parser.add_argument("--peaks", action="store_true", help="(internal) print the ceilings")
     parser.add_argument("--smoke", action="store_true", help="(internal) jax/flax check")
     args = parser.parse_args()
@@ -277,17 +278,20 @@ def main():
     logs.mkdir(exist_ok=True)
     plan = PLAN
     if args.only:
-        wanted = set(args.only.split(","))
-        plan = [item for item in PLAN if f"{item[0]}:{item[1]}" in wanted]
+        by_name = {f"{item[0]}:{item[1]}": item for item in PLAN}
+        plan = [by_name[name] for name in args.only.split(",")]  # in the order given
     if args.profile:
         plan = [(args.profile, row, peers) for _, row, peers in plan]
     summary = {"date": time.strftime("%Y-%m-%d"), "plan": plan, "rows": []}
-    r = subprocess.run(
-        [sys.executable, __file__, "--peaks"], capture_output=True, text=True, env=os.environ
-    )
-    for line in r.stdout.splitlines():
-        if line.startswith("RESULT "):
-            summary["peaks"] = json.loads(line[7:])
+    if args.peaks_json:
+        summary["peaks"] = json.loads(args.peaks_json)
+    else:
+        r = subprocess.run(
+            [sys.executable, __file__, "--peaks"], capture_output=True, text=True, env=os.environ
+        )
+        for line in r.stdout.splitlines():
+            if line.startswith("RESULT "):
+                summary["peaks"] = json.loads(line[7:])
     print("peaks:", summary.get("peaks") or r.stderr[-2000:], flush=True)
 
     def save():

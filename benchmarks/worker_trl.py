@@ -86,8 +86,17 @@ def common_args(output_dir: str) -> dict:
     )
 
 
-def _check_lengths(trainer, keys):
-    lengths = {k: len(trainer.train_dataset[0][k]) for k in keys}
+def _tokenizer(path, **kwargs):
+    """The benchmark's word-level tokenizer, by its own class: AutoTokenizer would pick the
+    model family's tokenizer from config.json (Qwen2Tokenizer turns our words into nothing)."""
+    return transformers.PreTrainedTokenizerFast.from_pretrained(path, **kwargs)
+
+
+def _check_lengths(trainer, expected: dict) -> dict:
+    """The tokenized rows TRL will train on have the lengths our side trains on, or we stop."""
+    lengths = {k: len(trainer.train_dataset[0][k]) for k in expected}
+    if lengths != expected:
+        raise RuntimeError(f"TRL tokenized rows have lengths {lengths}; expected {expected}")
     return lengths
 
 
@@ -102,13 +111,13 @@ def run_reward(art, warmup, out):
             "rejected": [bc.text(r[:-1]) for r in rejected],
         }
     )
-    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(art, "rm"))
+    tok = _tokenizer(os.path.join(art, "rm"))
     model = _load(
         transformers.AutoModelForSequenceClassification, os.path.join(art, "rm"), num_labels=1
     )
     args = RewardConfig(**common_args(out))
     trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
-    info = _check_lengths(trainer, ["chosen_ids", "rejected_ids"])
+    info = _check_lengths(trainer, {"chosen_ids": bc.SEQ_LEN, "rejected_ids": bc.SEQ_LEN})
     trainer.add_callback(StepServer(warmup, info))
     trainer.train()
 
@@ -127,7 +136,7 @@ def run_dpo(art, warmup, out):
             "rejected": [" " + bc.text(r[p:-1]) for r in rejected],
         }
     )
-    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(art, "lm"))
+    tok = _tokenizer(os.path.join(art, "lm"))
     model = _load(transformers.AutoModelForCausalLM, os.path.join(art, "lm"))
     ref = copy.deepcopy(model)
     args = DPOConfig(
@@ -136,10 +145,10 @@ def run_dpo(art, warmup, out):
     trainer = DPOTrainer(
         model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=tok
     )
-    info = {"columns": trainer.train_dataset.column_names}
-    for k in info["columns"]:
-        if k.endswith("_ids"):
-            info[k] = len(trainer.train_dataset[0][k])
+    info = _check_lengths(
+        trainer,
+        {"prompt_ids": p, "chosen_ids": bc.RESPONSE_LEN, "rejected_ids": bc.RESPONSE_LEN},
+    )
     trainer.add_callback(StepServer(warmup, info))
     trainer.train()
 
@@ -155,11 +164,11 @@ def run_sft(art, warmup, out):
             "completion": [" " + bc.text(r[p:-1]) for r in chosen],
         }
     )
-    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(art, "lm"))
+    tok = _tokenizer(os.path.join(art, "lm"))
     model = _load(transformers.AutoModelForCausalLM, os.path.join(art, "lm"))
     args = SFTConfig(**common_args(out), completion_only_loss=True, packing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
-    info = _check_lengths(trainer, ["input_ids"])
+    info = _check_lengths(trainer, {"input_ids": bc.SEQ_LEN})
     trainer.add_callback(StepServer(warmup, info))
     trainer.train()
 
@@ -194,7 +203,7 @@ def run_generate(art, warmup, out):
 def run_ppo(art, warmup, out):
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(art, "lm"), padding_side="left")
+    tok = _tokenizer(os.path.join(art, "lm"), padding_side="left")
     prompt, mask = bc.ragged_prompts(bc.PPO_BATCH, bc.PPO_PROMPT)
     ds = Dataset.from_dict(
         {"input_ids": [p[m].tolist() for p, m in zip(prompt, mask, strict=True)]}

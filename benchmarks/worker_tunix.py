@@ -180,7 +180,8 @@ def run_generate(art, warmup):
     from tunix.generate import sampler as sampler_lib
 
     model, config, mesh = _model(art)
-    tok = transformers.AutoTokenizer.from_pretrained(os.path.join(art, "lm"))
+    # By its own class: AutoTokenizer would pick the model family's tokenizer from config.json.
+    tok = transformers.PreTrainedTokenizerFast.from_pretrained(os.path.join(art, "lm"))
     prompt, mask = bc.ragged_prompts(bc.GEN_BATCH, bc.GEN_PROMPT)
     strings = [bc.text(row[m]) for row, m in zip(prompt, mask, strict=True)]
     cache = sampler_lib.CacheConfig(
@@ -217,6 +218,10 @@ def main():
     args = parser.parse_args()
     if args.row not in ROWS:
         print("UNSUPPORTED " + UNSUPPORTED.get(args.row, f"no Tunix row {args.row!r}"), flush=True)
+        return
+    if bc.FAMILY != "llama" or bc.DTYPE != "float32":
+        # The worker builds Tunix's Llama-3 module in float32 (the "cpu" profile's model).
+        print(f"UNSUPPORTED profile {bc.PROFILE_NAME!r}: the Tunix worker runs the cpu profile")
         return
     ROWS[args.row](args.artifacts, args.warmup)
     bc.quit_now()
