@@ -345,6 +345,7 @@ def main():
     peers = set(args.peers.split(","))
 
     log_dir = args.log_dir or tempfile.mkdtemp(prefix="bench-logs-")
+    os.makedirs(log_dir, exist_ok=True)
     artifacts = args.artifacts or tempfile.mkdtemp(prefix="bench-models-")
     if not (pathlib.Path(artifacts) / "rm" / "config.json").exists():
         bc.write_artifacts(artifacts)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rlhf_jax import losses
+from rlhf_jax import losses, xla_options
 from rlhf_jax.generation import SamplingConfig, sample
 from rlhf_jax.models import positions_from_mask
 from rlhf_jax.training.reward import score_sequences
@@ -557,14 +557,21 @@ def build_iteration(
         new_state, up_metrics = u(state, episodes)
         return new_state, {**ep_metrics, **up_metrics}, per_episode, episodes["response_BxN"]
 
+    options = xla_options.compiler_options()
     return {
-        "rollout": jax.jit(r),
-        "score": jax.jit(score_and_stats),
+        "rollout": jax.jit(r, compiler_options=options),
+        "score": jax.jit(score_and_stats, compiler_options=options),
         "update": jax.jit(
             u,
             in_shardings=(state_shardings, None),
             out_shardings=(state_shardings, None),
             donate_argnums=0,
+            compiler_options=options,
         ),
-        "fused": jax.jit(fused, in_shardings=(state_shardings, None, None), donate_argnums=0),
+        "fused": jax.jit(
+            fused,
+            in_shardings=(state_shardings, None, None),
+            donate_argnums=0,
+            compiler_options=options,
+        ),
     }

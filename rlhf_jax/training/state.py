@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 
 from rlhf_jax import sharding as sharding_lib
+from rlhf_jax import xla_options
 
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[jax.Array, dict]]]
 
@@ -282,4 +283,5 @@ def jit_train_step(
         in_shardings=(state_shardings, None),
         out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
         donate_argnums=0,
+        compiler_options=xla_options.compiler_options(),
     )
