@@ -5,7 +5,7 @@ default and also pulls neighbouring elementwise work into those fusions, which f
 copies around them: the backward of the SwiGLU MLP, for one, writes its gradient transposed in a
 strided loop fusion. Restricting the YNNPACK fusions to the dots alone
 (``xla_cpu_experimental_ynn_fusion_type=dot``) made the benchmark's reward-model step 15%, its SFT
-step 18% and its PPO iteration 21% faster on a 2-core AVX2 CPU (``benchmarks/README.md``).
+step 17% and its PPO iteration 21% faster on a 2-core AVX2 CPU (``benchmarks/README.md``).
 
 The options go to ``jax.jit(..., compiler_options=...)`` of the programs that train (the phase
 step and the PPO programs), so nothing global changes. They are left out when:
