@@ -51,6 +51,10 @@ ROWS = {
     # response window.
     "sft_full": ("sft_full", ()),
     "dpo_full": ("dpo_full", ()),
+    # Ours with each pair as two rows (DPOLossConfig/RewardLossConfig.share_prompt=False): the
+    # A/B of prompt sharing, against the same peers.
+    "reward_unpacked": ("reward_unpacked", ("trl",)),
+    "dpo_unpacked": ("dpo_unpacked", ("trl", "tunix")),
 }
 # PyTorch's OpenMP pool is fragile on a shared machine: with other processes on the 2 cores,
 # its 2 threads wait on each other at every op's barrier. A plain forward/backward of the LM at
@@ -69,6 +73,8 @@ DESCRIPTION = {
     "ppo_fused": "the same PPO iteration, ours fused into one XLA program",
     "sft_full": f"the SFT step with logits at all {_T} positions (no response window)",
     "dpo_full": f"the DPO step with logits at all {_T} positions (no response window)",
+    "reward_unpacked": "the reward step with chosen and rejected as separate rows",
+    "dpo_unpacked": "the DPO step with chosen and rejected as separate rows",
 }
 
 
@@ -196,7 +202,9 @@ def run_row(
     workers = []
     for side in sides:
         print(f"[{row}] warming up {side}", file=sys.stderr, flush=True)
-        side_row = ours_row if side == "ours" else row.removesuffix("_fused")
+        side_row = (
+            ours_row if side == "ours" else row.removesuffix("_fused").removesuffix("_unpacked")
+        )
         w = Worker(
             side,
             side_row,

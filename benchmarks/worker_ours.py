@@ -1,11 +1,12 @@
 """Our side of ``side_by_side.py``: rlhf_jax steps on the shared checkpoints.
 
 Each row builds exactly what a user's run builds — ``init_train_state`` + ``jit_train_step`` with
-the phase's loss (reward/dpo/sft), ``generate`` (generation), ``init_ppo_state`` +
-``build_iteration`` (PPO: the three jitted programs rollout, score, update, as ``run_ppo`` runs
-them, or the fused one-program iteration with row ``ppo_fused``) — on a one-device mesh, and
-times one call to completion (``block_until_ready``; PPO also fetches its metrics to the host,
-as TRL's iteration does).
+the phase's loss (reward/dpo/sft; pairs packed with their prompt shared, the phases' default;
+rows ``reward_unpacked``/``dpo_unpacked`` run each pair as two rows), ``generate``
+(generation), ``init_ppo_state`` + ``build_iteration`` (PPO: the three jitted programs rollout,
+score, update, as ``run_ppo`` runs them, or the fused one-program iteration with row
+``ppo_fused``) — on a one-device mesh, and times one call to completion
+(``block_until_ready``; PPO also fetches its metrics to the host, as TRL's iteration does).
 
     .venv/bin/python benchmarks/worker_ours.py --row sft --artifacts DIR   # speaks the protocol
 """
@@ -95,18 +96,20 @@ def _train_step_server(model, make_model, loss_fn, batch, warmup, *, reference=F
     assert step._cache_size() == 1
 
 
-def run_reward(art, warmup):
+def run_reward(art, warmup, *, share_prompt=True):
     model = models.load_scalar_model(os.path.join(art, "rm"), kind="reward", dtype=bc.DTYPE)
     cfg = model.config
     make = lambda: models.ScalarModel(cfg, kind="reward", rngs=nnx.Rngs(0))
-    _train_step_server(model, make, reward.reward_pair_loss, _pairs(window=False), warmup)
+    loss = functools.partial(reward.reward_pair_loss, share_prompt=share_prompt)
+    # The window keys are what the packed pair needs (the reward loss has no LM head).
+    _train_step_server(model, make, loss, _pairs(window=share_prompt), warmup)
 
 
-def run_dpo(art, warmup, *, window=True):
+def run_dpo(art, warmup, *, window=True, share_prompt=True):
     model = models.load_pretrained(os.path.join(art, "lm"), dtype=bc.DTYPE)
     cfg = model.config
     make = lambda: models.CausalLM(cfg, rngs=nnx.Rngs(0))
-    loss = functools.partial(dpo.dpo_step_loss, beta=0.1)
+    loss = functools.partial(dpo.dpo_step_loss, beta=0.1, share_prompt=share_prompt)
     _train_step_server(model, make, loss, _pairs(window), warmup, reference=True)
 
 
@@ -198,7 +201,10 @@ ROWS = {
     "ppo": run_ppo,
     "ppo_fused": functools.partial(run_ppo, fused=True),
     "sft_full": functools.partial(run_sft, window=False),
-    "dpo_full": functools.partial(run_dpo, window=False),
+    "dpo_full": functools.partial(run_dpo, window=False),  # unpacked too: packing needs W
+    # Chosen and rejected as two rows each (no prompt sharing), for comparison.
+    "reward_unpacked": functools.partial(run_reward, share_prompt=False),
+    "dpo_unpacked": functools.partial(run_dpo, share_prompt=False),
 }
 
 

@@ -41,6 +41,19 @@ PHASES = {
         windowed_pair_batch,
         _reference_params,
     ),
+    # Pairs packed as [prompt | chosen | rejected] (the phases' default).
+    "dpo_packed": (
+        tiny_lm,
+        functools.partial(dpo.dpo_step_loss, beta=0.1, share_prompt=True),
+        windowed_pair_batch,
+        _reference_params,
+    ),
+    "reward_packed": (
+        tiny_reward_model,
+        functools.partial(reward.reward_pair_loss, share_prompt=True),
+        windowed_pair_batch,
+        None,
+    ),
     "ipo": (
         tiny_lm,
         functools.partial(dpo.dpo_step_loss, beta=0.1, loss_type="ipo"),
@@ -79,7 +92,7 @@ def _single_device_mesh():
     return sharding.make_mesh(sharding.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
 
 
-@pytest.mark.parametrize("phase", ["sft", "reward", "dpo"])
+@pytest.mark.parametrize("phase", ["sft", "reward", "dpo", "dpo_packed"])
 def test_sharded_step_matches_single_device(phase):
     mesh8 = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
     state1, hist1, _ = _run(phase, _single_device_mesh())
@@ -97,7 +110,7 @@ def test_sharded_step_matches_single_device(phase):
     assert step8._cache_size() == 1
 
 
-@pytest.mark.parametrize("phase", ["sft", "reward", "simpo"])
+@pytest.mark.parametrize("phase", ["sft", "reward", "simpo", "reward_packed"])
 def test_gradient_accumulation_is_exact(phase):
     mesh = _single_device_mesh()
     state1, hist1, _ = _run(phase, mesh, accum_steps=1)

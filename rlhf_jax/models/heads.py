@@ -94,9 +94,15 @@ class ScalarModel(nnx.Module):
         freshly initialised head of `kind`. Copying keeps the source model usable on its own."""
         return cls(trunk.config, kind=kind, rngs=rngs, trunk=nnx.clone(trunk))
 
-    def __call__(self, tokens_BxT, *, positions_BxT, attn_mask_BxT):
-        """Per-token scalars (B, T): values for a critic, scores for a reward model."""
-        h, _ = self.trunk(tokens_BxT, positions_BxT=positions_BxT, attn_mask_BxT=attn_mask_BxT)
+    def __call__(self, tokens_BxT, *, positions_BxT, attn_mask_BxT, mask_BxTxT=None):
+        """Per-token scalars (B, T): values for a critic, scores for a reward model
+        (``mask_BxTxT``: an explicit attention mask, as `Transformer`)."""
+        h, _ = self.trunk(
+            tokens_BxT,
+            positions_BxT=positions_BxT,
+            attn_mask_BxT=attn_mask_BxT,
+            mask_BxTxT=mask_BxTxT,
+        )
         return self.head(h)
 
     def score(self, tokens_BxT, *, positions_BxT, attn_mask_BxT):

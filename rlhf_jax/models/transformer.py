@@ -306,14 +306,32 @@ class Transformer(nnx.Module):
         self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
         self.final_norm = Norm(config)
 
-    def __call__(self, tokens_BxT, *, positions_BxT, attn_mask_BxT, cache: KVCache | None = None):
-        """Final-normed hidden states (B, T, D) and the updated cache (None without one)."""
+    def __call__(
+        self,
+        tokens_BxT,
+        *,
+        positions_BxT,
+        attn_mask_BxT,
+        cache: KVCache | None = None,
+        mask_BxTxT=None,
+    ):
+        """Final-normed hidden states (B, T, D) and the updated cache (None without one).
+
+        ``mask_BxTxT`` (no cache), when given, replaces the causal mask built from
+        ``attn_mask_BxT``: query t attends key s where it is True. Packed rows use it, e.g.
+        a preference pair as [prompt | chosen | rejected] (`rlhf_jax.training.pairs`).
+        """
         cfg = self.config
         b, t = tokens_BxT.shape
         for name, arr in [("positions_BxT", positions_BxT), ("attn_mask_BxT", attn_mask_BxT)]:
             if arr.shape != (b, t):
                 raise ValueError(f"{name} has shape {arr.shape}; expected {(b, t)} like tokens")
-        if self.pos_embed is not None and cache is None and t > cfg.max_position_embeddings:
+        if mask_BxTxT is not None:
+            if cache is not None:
+                raise ValueError("mask_BxTxT is for cache-free forwards; decoding builds its own")
+            if mask_BxTxT.shape != (b, t, t):
+                raise ValueError(f"mask_BxTxT has shape {mask_BxTxT.shape}; expected {(b, t, t)}")
+        elif self.pos_embed is not None and cache is None and t > cfg.max_position_embeddings:
             raise ValueError(
                 f"sequence length {t} exceeds the model's max_position_embeddings "
                 f"{cfg.max_position_embeddings}"
@@ -325,8 +343,11 @@ class Transformer(nnx.Module):
         sin_cos = rope_sin_cos(cfg, positions_BxT) if cfg.positions == "rope" else None
         attn_mask_BxT = attn_mask_BxT.astype(bool)
         if cache is None:
-            causal_TxT = jnp.tril(jnp.ones((t, t), bool))
-            mask_BxTxS = causal_TxT[None] & attn_mask_BxT[:, None, :]
+            if mask_BxTxT is not None:
+                mask_BxTxS = mask_BxTxT.astype(bool)
+            else:
+                causal_TxT = jnp.tril(jnp.ones((t, t), bool))
+                mask_BxTxS = causal_TxT[None] & attn_mask_BxT[:, None, :]
             for layer in self.layers:
                 x, _ = layer(x, sin_cos=sin_cos, mask_BxTxS=mask_BxTxS)
             return self.final_norm(x), None
@@ -369,9 +390,15 @@ class CausalLM(nnx.Module):
         h = self.hidden_states(tokens_BxT, positions_BxT=positions_BxT, attn_mask_BxT=attn_mask_BxT)
         return self.logits(h)
 
-    def hidden_states(self, tokens_BxT, *, positions_BxT, attn_mask_BxT):
-        """Final-normed hidden states (B, T, D), the input of the LM head and scalar heads."""
-        h, _ = self.trunk(tokens_BxT, positions_BxT=positions_BxT, attn_mask_BxT=attn_mask_BxT)
+    def hidden_states(self, tokens_BxT, *, positions_BxT, attn_mask_BxT, mask_BxTxT=None):
+        """Final-normed hidden states (B, T, D), the input of the LM head and scalar heads
+        (``mask_BxTxT``: an explicit attention mask, as `Transformer`)."""
+        h, _ = self.trunk(
+            tokens_BxT,
+            positions_BxT=positions_BxT,
+            attn_mask_BxT=attn_mask_BxT,
+            mask_BxTxT=mask_BxTxT,
+        )
         return h
 
     def logits(self, h_BxTxD):

@@ -162,6 +162,7 @@ def phase_config(phase: str, arg: str | None) -> ml_collections.ConfigDict:
     c.reward.label_smoothing = 0.0  # BT label-noise rate
     c.reward.center_coef = 0.0 if variant == "smoke" else 0.01  # reward centering
     c.reward.pooling = "last"  # readout: "last" valid token (HF-exportable) or response "mean"
+    c.reward.share_prompt = True  # one forward per pair, [prompt | chosen | rejected]
 
     c.dpo = ml_collections.ConfigDict()
     c.dpo.loss_type = "sigmoid"  # sigmoid | robust | hinge | ipo | simpo | orpo
@@ -170,4 +171,5 @@ def phase_config(phase: str, arg: str | None) -> ml_collections.ConfigDict:
     c.dpo.precompute_reference = True  # reference log-probs in one pass before training
     c.dpo.simpo_gamma = 0.5  # SimPO margin γ
     c.dpo.orpo_beta = 0.1  # ORPO odds-ratio weight
+    c.dpo.share_prompt = True  # one forward per pair, [prompt | chosen | rejected]
     return c

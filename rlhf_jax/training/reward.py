@@ -1,7 +1,9 @@
 """Reward model: Bradley–Terry on pairs (or InstructGPT's K-wise loss) on a scalar head.
 
-Chosen and rejected go through ONE forward pass, concatenated on the batch axis, and the
-reward is read at each sequence's last valid token (``ScalarModel.score``).
+Chosen and rejected go through ONE forward pass: with ``share_prompt`` (the phases' default) and
+the response-window keys, as one packed row per pair with the prompt computed once
+(`rlhf_jax.training.pairs`); else concatenated on the batch axis. The reward is read at each
+sequence's last valid token (``ScalarModel.score``) or averaged over its response.
 
 Pair batch keys (right-padded to one bucket length T):
     chosen_tokens_BxT, chosen_positions_BxT, chosen_attn_mask_BxT,
@@ -17,6 +19,7 @@ from flax import nnx
 
 from rlhf_jax import losses
 from rlhf_jax.models import at_last_valid
+from rlhf_jax.training import pairs
 
 POOLINGS = ("last", "mean")
 
@@ -55,15 +58,35 @@ def concat_pairs(batch, field: str):
     return jnp.concatenate([batch[f"chosen_{field}"], batch[f"rejected_{field}"]], axis=0)
 
 
-def reward_pair_loss(
-    params, frozen, batch, rng, *, graphdef, label_smoothing=0.0, center_coef=0.0, pooling="last"
-):
-    """Bradley–Terry loss of one batch of pairs; weight = number of real pairs."""
-    del rng
+def pair_scores(graphdef, params, rest, batch, *, pooling="last", share_prompt=False):
+    """(chosen_B, rejected_B, extra metrics): the rewards of both sides of each pair.
+
+    ``share_prompt`` with the response-window keys in ``batch``: one packed forward per pair,
+    the prompt computed once (`rlhf_jax.training.pairs`); else chosen and rejected as rows of
+    one forward, concatenated on the batch axis.
+    """
+    if share_prompt and pairs.can_pack(batch):
+        packed = pairs.pack(batch)
+        model = nnx.merge(graphdef, params, rest)
+        per_token = model(
+            packed["tokens_BxL"],
+            positions_BxT=packed["positions_BxL"],
+            attn_mask_BxT=packed["attn_mask_BxL"],
+            mask_BxTxT=packed["mask_BxLxL"],
+        )
+        if pooling == "last":
+            side = lambda s: jnp.take_along_axis(per_token, packed[f"{s}_scores_at_B"][:, None], 1)
+            chosen, rejected = side("chosen")[:, 0], side("rejected")[:, 0]
+        elif pooling == "mean":
+            side = lambda s: losses.masked_mean(per_token, packed[f"{s}_response_BxL"], axis=-1)
+            chosen, rejected = side("chosen"), side("rejected")
+        else:
+            raise ValueError(f"reward pooling={pooling!r}; expected one of {POOLINGS}")
+        return chosen, rejected, {"unshared_prompts": packed["unshared_prompts"]}
     scores = score_sequences(
         graphdef,
         params,
-        frozen["rest"],
+        rest,
         concat_pairs(batch, "tokens_BxT"),
         concat_pairs(batch, "positions_BxT"),
         concat_pairs(batch, "attn_mask_BxT"),
@@ -71,7 +94,27 @@ def reward_pair_loss(
         pooling,
     )
     num_pairs = batch["chosen_tokens_BxT"].shape[0]
-    chosen_B, rejected_B = scores[:num_pairs], scores[num_pairs:]
+    return scores[:num_pairs], scores[num_pairs:], {}
+
+
+def reward_pair_loss(
+    params,
+    frozen,
+    batch,
+    rng,
+    *,
+    graphdef,
+    label_smoothing=0.0,
+    center_coef=0.0,
+    pooling="last",
+    share_prompt=False,
+):
+    """Bradley–Terry loss of one batch of pairs; weight = number of real pairs.
+    ``share_prompt``: one packed forward per pair (see `pair_scores`)."""
+    del rng
+    chosen_B, rejected_B, extra = pair_scores(
+        graphdef, params, frozen["rest"], batch, pooling=pooling, share_prompt=share_prompt
+    )
     mask_B = batch["example_mask_B"]
     loss, metrics = losses.bradley_terry_loss(
         chosen_B,
@@ -85,6 +128,7 @@ def reward_pair_loss(
     both_mask = jnp.concatenate([mask_B, mask_B]).astype(bool)
     metrics = dict(
         metrics,
+        **extra,
         reward_mean=losses.masked_mean(both, both_mask),
         reward_std=jnp.sqrt(losses.masked_var(both, both_mask)),
     )
