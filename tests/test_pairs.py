@@ -164,13 +164,27 @@ def test_packed_reward_scores_loss_and_gradients_equal_unpacked(pooling):
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=1e-7)
 
 
-def test_without_window_keys_share_prompt_takes_the_unpacked_path():
+def test_without_window_keys_share_prompt_takes_the_unpacked_path_with_the_same_metrics():
     graphdef, params, rest = nnx.split(tiny_lm(0), nnx.Param, ...)
-    batch = _ragged_pairs(0)
+    batch = _ragged_pairs(0)  # no window keys: e.g. a batch whose responses fill the bucket
     got = dpo.pair_logprobs(graphdef, params, rest, batch, share_prompt=True)
     want = dpo.pair_logprobs(graphdef, params, rest, batch)
-    assert got[2] is None
+    assert float(got[2]) == 0.0 and want[2] is None
     np.testing.assert_array_equal(got[0], want[0])
+    # The metric keys do not depend on the path, so evaluation can sum over mixed batches.
+    windowed = _with_window(batch, 8, PREFIXES)
+    rm_graphdef, rm_params, rm_rest = nnx.split(tiny_reward_model(0), nnx.Param, ...)
+    steps = [
+        functools.partial(
+            dpo.dpo_step_loss, params, {"rest": rest, "extra": params}, graphdef=graphdef
+        ),
+        functools.partial(
+            reward.reward_pair_loss, rm_params, {"rest": rm_rest}, graphdef=rm_graphdef
+        ),
+    ]
+    for step in steps:
+        keys = [set(step(b, None, share_prompt=True)[1][1]) for b in (batch, windowed)]
+        assert keys[0] == keys[1] and "unshared_prompts" in keys[0]
 
 
 def test_collated_pairs_pack_with_shared_prompts():

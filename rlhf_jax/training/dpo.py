@@ -30,8 +30,9 @@ def pair_logprobs(graphdef, params, rest, batch, *, share_prompt=False):
     """Summed response log-probs and response lengths of chosen and rejected, one forward.
 
     ``share_prompt`` with the response-window keys in ``batch``: one packed row per pair, the
-    prompt computed once (`rlhf_jax.training.pairs`); the third value is then the count of real
-    pairs whose prompts differ (must be 0), else None.
+    prompt computed once (`rlhf_jax.training.pairs`). The third value is, with
+    ``share_prompt``, the count of real pairs whose prompts differ (must be 0; 0 when the batch
+    has no window and runs unpacked), else None.
     """
     n = batch["chosen_tokens_BxT"].shape[0]
     if share_prompt and pairs.can_pack(batch):
@@ -61,7 +62,9 @@ def pair_logprobs(graphdef, params, rest, batch, *, share_prompt=False):
     logits, targets, mask = response_logits(graphdef, params, rest, both)
     _, seq_logp = losses.sequence_logprobs(logits, targets, mask)
     lengths = jnp.sum(both["loss_mask_BxT"][:, 1:], axis=-1, dtype=jnp.float32)
-    return (seq_logp[:n], seq_logp[n:]), (lengths[:n], lengths[n:]), None
+    # The same outputs whichever path a batch takes (a batch without a window cannot pack).
+    unshared = jnp.zeros((), jnp.float32) if share_prompt else None
+    return (seq_logp[:n], seq_logp[n:]), (lengths[:n], lengths[n:]), unshared
 
 
 def reference_logprobs(graphdef, ref_params, rest, batch, *, share_prompt=False):

@@ -63,7 +63,8 @@ def pair_scores(graphdef, params, rest, batch, *, pooling="last", share_prompt=F
 
     ``share_prompt`` with the response-window keys in ``batch``: one packed forward per pair,
     the prompt computed once (`rlhf_jax.training.pairs`); else chosen and rejected as rows of
-    one forward, concatenated on the batch axis.
+    one forward, concatenated on the batch axis. With ``share_prompt`` the extra metrics hold
+    ``unshared_prompts`` (0 when the batch has no window and runs unpacked).
     """
     if share_prompt and pairs.can_pack(batch):
         packed = pairs.pack(batch)
@@ -94,7 +95,9 @@ def pair_scores(graphdef, params, rest, batch, *, pooling="last", share_prompt=F
         pooling,
     )
     num_pairs = batch["chosen_tokens_BxT"].shape[0]
-    return scores[:num_pairs], scores[num_pairs:], {}
+    # The same metrics whichever path a batch takes (a batch without a window cannot pack).
+    extra = {"unshared_prompts": jnp.zeros((), jnp.float32)} if share_prompt else {}
+    return scores[:num_pairs], scores[num_pairs:], extra
 
 
 def reward_pair_loss(
