@@ -39,7 +39,7 @@ def ratios(results: list[dict]) -> tuple[list[tuple[str, str, float]], list[str]
 def _title(meta: dict) -> str:
     threads = meta.get("torch_threads")
     device = meta.get("gpu") or f"{meta.get('cores')}-core {meta.get('cpu')}"
-    return f"{device}, {meta['date']}, PyTorch threads: {threads}"
+    return f"{device}, {meta['date']}\nPyTorch threads: {threads}"
 
 
 def plot(paths: list[str], out: str) -> None:
