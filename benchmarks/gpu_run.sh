@@ -19,6 +19,10 @@ pipi /tmp/trl112 .whl/trl112/*.whl || exit 1
 pipi /tmp/trl116 .whl/trl116/*.whl || exit 1
 export PYTHONPATH=$root:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export BENCH_PYTHONPATH_TRL=/tmp/trl116 BENCH_PYTHONPATH_TRL112=/tmp/trl112
+# JAX's persistent compilation cache, in an ignored folder of the checkout: the device machine
+# keeps ignored files between calls while it stays warm, so a rerun after a timeout reuses every
+# program the killed run finished compiling (the Qwen2-0.5B PPO programs take minutes).
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$root/.jax-cache}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
 python3 -c "import jax, torch, transformers; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__, 'transformers', transformers.__version__)"
 # The machine's own flax first (its image pairs it with its jax: flax 0.12.10 with jax 0.11.2);
