@@ -110,22 +110,31 @@ def _layer_params(p: dict) -> int:
 
 
 def train_step_flops(row: str, p: dict = PROFILE) -> float:
-    """Model FLOPs of one training step of ``row`` ("sft" or "reward") under profile ``p``,
-    PaLM's convention: 6 per matrix parameter per token (forward 2, backward 4), plus 6·2·T·d
-    per layer per token for attention scores and values (full T × T, causality not
-    discounted). The LM head counts at the response positions the SFT loss needs; the reward
-    model has a scalar head (negligible) and runs chosen and rejected: 2 × batch sequences."""
+    """Model FLOPs of one training step of ``row`` under profile ``p``, PaLM's convention: 6 per
+    matrix parameter per token (forward 2, backward 4), plus 6·2·S·d per layer per token for
+    attention scores and values over a row of S tokens (full S × S, causality not discounted).
+    The LM head counts at the response positions the SFT loss needs; the reward model has a
+    scalar head (negligible).
+
+    - "sft": batch rows of T = prompt + response tokens.
+    - "reward": what the reward step computes with packed pairs (``rlhf_jax.training.pairs``,
+      the phases' default): one row of T + R tokens per pair, [prompt | chosen | rejected].
+    - "reward_unpacked": chosen and rejected as separate rows, 2 × batch rows of T tokens.
+    """
     seq = p["prompt_len"] + p["response_len"]
-    attention = 2 * seq * p["width"]  # per token per layer, forward: QKᵀ and PV
-    trunk_per_token = p["layers"] * (2 * _layer_params(p) + attention)
+    layer_matrices = 2 * _layer_params(p)  # forward, per token per layer
+
+    def trunk(rows: int, length: int) -> float:
+        return rows * length * p["layers"] * (layer_matrices + 2 * length * p["width"])
+
     if row == "sft":
-        tokens = p["train_batch"] * seq
         head = p["train_batch"] * p["response_len"] * 2 * p["width"] * p["vocab"]
-    elif row == "reward":
-        tokens, head = 2 * p["train_batch"] * seq, 0
-    else:
-        raise ValueError(f"no FLOP count for row {row!r}")
-    return 3.0 * (tokens * trunk_per_token + head)
+        return 3.0 * (trunk(p["train_batch"], seq) + head)
+    if row == "reward":
+        return 3.0 * trunk(p["train_batch"], seq + p["response_len"])
+    if row == "reward_unpacked":
+        return 3.0 * trunk(2 * p["train_batch"], seq)
+    raise ValueError(f"no FLOP count for row {row!r}")
 
 
 def decode_step_bytes(p: dict = PROFILE, *, batch: int, slots: int) -> float:

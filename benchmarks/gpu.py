@@ -50,6 +50,7 @@ PLAN = [
 # Rough cost of a row (start-up, compilation, warm-up and timing), to skip what cannot finish.
 ROW_BUDGET_S = {"ppo": 150, "sft": 60, "reward": 60, "generate": 50, "dpo": 80}
 DATASHEET_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16, vendor datasheet
+PEAK_KEYS = {"device", "jax", "matmul_n", "matmul_bf16_tflops", "copy_gbytes_per_s"}  # --peaks
 
 
 def _median_time(fn, *args, inner=10, outer=5):
@@ -189,7 +190,7 @@ def tables(summary: dict) -> str:
             ratio = f"{peer['median_s'] / ours['median_s']:.2f}x"
         lines.append(f"| {r['profile']} | {r['row']} | {ms(ours)} | {ms(peer)} | {ratio} |")
         p = bc.PROFILES[r["profile"]]
-        if ours["median_s"] and r["row"] in ("sft", "reward") and pk:
+        if ours["median_s"] and r["row"] in ("sft", "reward", "reward_unpacked") and pk:
             flops = bc.train_step_flops(r["row"], p)
             achieved = flops / ours["median_s"] / 1e12
             mfu.append(
@@ -285,6 +286,9 @@ def main():
     summary = {"date": time.strftime("%Y-%m-%d"), "plan": plan, "rows": []}
     if args.peaks_json:
         summary["peaks"] = json.loads(args.peaks_json)
+        missing = PEAK_KEYS - set(summary["peaks"])
+        if missing:
+            parser.error(f"--peaks-json lacks {sorted(missing)} (it takes what --peaks prints)")
     else:
         r = subprocess.run(
             [sys.executable, __file__, "--peaks"], capture_output=True, text=True, env=os.environ

@@ -38,7 +38,9 @@ def test_train_step_flops_closed_form():
     # One layer: q 4·4 + o 4·4 + k, v 4·2 each + MLP 3·4·8 = 144 matrix parameters.
     # Per token forward: 2·144 + attention 2·T·d = 2·5·4 → 328; 15 tokens; head 3·3·2·4·10.
     assert bc.train_step_flops("sft", p) == 3 * (15 * 328 + 720)
-    assert bc.train_step_flops("reward", p) == 3 * (30 * 328)
+    assert bc.train_step_flops("reward_unpacked", p) == 3 * (30 * 328)
+    # Packed pairs: 3 rows of 5 + 3 = 8 tokens; per token 2·144 + attention 2·8·4 = 352.
+    assert bc.train_step_flops("reward", p) == 3 * (24 * 352)
     with pytest.raises(ValueError, match="no FLOP count"):
         bc.train_step_flops("dpo", p)
 
