@@ -71,7 +71,7 @@ def get_config(arg=None):
     c.pretrain = stage(20 if smoke else 600, 64, 3e-3, 512 if smoke else 20000)
     c.sft = stage(20 if smoke else 300, 64, 1e-3, 256 if smoke else 8000)
     c.reward = stage(20 if smoke else 1000, 64, 3e-4)
-    c.dpo = stage(20 if smoke else 200, 64, 3e-4)
+    c.dpo = stage(20 if smoke else 200, 64, 1e-4)
     c.dpo_beta = 0.1  # DPO β
     c.reward_pooling = "mean"  # reward readout: "mean" over the response, or the "last" token
 
@@ -89,7 +89,7 @@ def get_config(arg=None):
     c.ppo.normalize_reward = True  # RM gain/bias fitted on SFT samples
     c.ppo.whiten_scores = False  # whiten scores without a mean shift
     c.ppo.score_clip = None  # clip normalised scores (None: off)
-    c.ppo.kl_coef = 0.05  # β (initial, when adaptive)
+    c.ppo.kl_coef = 0.1  # β (initial, when adaptive)
     c.ppo.kl_target = None  # adaptive controller target; None: fixed β
     c.ppo.kl_horizon = 10000  # adaptive controller horizon
     c.ppo.kl_estimator = "k1"  # k1 | k2 | k3 | abs
