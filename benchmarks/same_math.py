@@ -41,7 +41,8 @@ EPS = 1e-6  # RMSNorm epsilon, both sides
 
 
 def matmul_shapes(shape: dict) -> list[tuple[int, int, int]]:
-    """(m, k, n) of the trunk's products: q/k/v/o, MLP up/gate, MLP down, a weight gradient."""
+    """(m, k, n) of the trunk's products: q/k/v/o, MLP up/gate, MLP down, and the shape (not
+    the transposed layout) of an MLP weight gradient."""
     n, d, f = shape["batch"] * shape["seq"], shape["width"], shape["mlp"]
     return [(n, d, d), (n, d, f), (n, f, d), (d, n, f)]
 
