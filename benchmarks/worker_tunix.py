@@ -6,8 +6,10 @@ masked NLL), DPO with its ``DPOTrainer`` (tokenized ``TrainingInput``, in-step r
 generation with its ``Sampler``. Tunix's trainers dispatch steps asynchronously; with
 ``max_inflight_computations=1`` the previous step has finished when the next step's
 ``on_train_step_start`` hook runs, so a step is timed from one hook call to the next (the whole
-loop iteration: input preparation, the jitted step, metric logging). Rows that Tunix 0.1.7
-cannot run print ``UNSUPPORTED <reason>``.
+loop iteration: input preparation, the jitted step, metric logging). Input preparation (DPO's
+reference forward) is made to finish before the hook (``_synchronous_inputs``), so none of
+Tunix's work runs while another side is timed. Rows that Tunix 0.1.7 cannot run print
+``UNSUPPORTED <reason>``.
 
     .venv-tunix/bin/python benchmarks/worker_tunix.py --row sft --artifacts DIR
 """
@@ -93,6 +95,21 @@ class StepHooks:
         pass
 
 
+def _synchronous_inputs(trainer):
+    """Makes the trainer's input preparation finish before its step-start hook runs.
+
+    Tunix prepares the next step's inputs (for DPO: the reference model's log-probs, a jitted
+    forward) before it waits for the current step and calls ``on_train_step_start``, and JAX
+    dispatches that work asynchronously. Left so, the preparation would run on the CPU after
+    this worker has reported its step, while the next side of the row is being timed: the
+    other side slows down and Tunix's own time misses it. Waiting for the prepared inputs keeps
+    all of Tunix's step inside its own timed interval.
+    """
+    prepare = trainer._prepare_inputs
+    trainer._prepare_inputs = lambda example: jax.block_until_ready(prepare(example))
+    return trainer
+
+
 def _hooks(warmup):
     from tunix.sft import hooks
 
@@ -139,7 +156,7 @@ def run_sft(art, warmup):
     )
     with mesh:
         trainer = peft_trainer.PeftTrainer(model, _optimizer(), config)
-        trainer = trainer.with_gen_model_input_fn(model_input)
+        trainer = _synchronous_inputs(trainer.with_gen_model_input_fn(model_input))
         trainer.with_training_hooks(_hooks(warmup))
         trainer.train(_forever(example))
 
@@ -170,7 +187,7 @@ def run_dpo(art, warmup):
         pbar_description=None,
     )
     with mesh:
-        trainer = dpo_trainer.DPOTrainer(model, ref, _optimizer(), config)
+        trainer = _synchronous_inputs(dpo_trainer.DPOTrainer(model, ref, _optimizer(), config))
         trainer.with_training_hooks(_hooks(warmup))
         trainer.train(_forever(example))
 
