@@ -4,10 +4,10 @@ runs the benchmark model's trunk on this machine.
 The side-by-side rows time whole training steps of two frameworks. This script takes the
 frameworks away: one decoder trunk (RMSNorm, RoPE, causal attention, SwiGLU; the shape of
 ``bench_common.PROFILE``) written twice, once in ``jax.numpy`` and once in ``torch``, forward
-and backward of ``mean(h²)`` over one batch, plus the bare matrix products the trunk is made of.
-A third row runs our own ``Transformer`` (``rlhf_jax.models``) on the same shape. When the
-plain-JAX trunk is as far behind PyTorch as our training steps are behind TRL's, the gap is in
-the backend, not in the framework.
+and backward of ``mean(h²)`` over one batch (and the forward alone), plus the bare matrix
+products the trunk is made of. A third row runs our own ``Transformer`` (``rlhf_jax.models``)
+on the same shape. When the plain-JAX trunk is as far behind PyTorch as our training steps
+are behind TRL's, the gap is in the backend, not in the framework.
 
     .venv/bin/python benchmarks/same_math.py                  # both sides, a table
     .venv/bin/python benchmarks/same_math.py --torch-threads 1
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -195,16 +196,19 @@ def transformer_with(shape: dict, params: list[dict], vocab: int):
     return model
 
 
-def _median_ms(fn, args: tuple, repeats: int) -> float:
-    """Median wall time of ``fn(*args)`` in ms, after 3 untimed calls (compilation included)."""
+def _median_ms(fn, args: tuple, repeats: int) -> tuple[float, float]:
+    """Median wall time of ``fn(*args)`` in ms, after 3 untimed calls (compilation included),
+    and the process's minor page faults per timed call (memory the call maps in afresh)."""
     for _ in range(3):
         fn(*args)
     times = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
         start = time.perf_counter()
         fn(*args)
         times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return 1000 * statistics.median(times), faults / repeats
 
 
 def run_jax(repeats: int, shape: dict = SHAPE) -> dict:
@@ -217,21 +221,33 @@ def run_jax(repeats: int, shape: dict = SHAPE) -> dict:
 
     opts = xla_options.compiler_options()
     out = {"backend": f"jax {jax.__version__}", "compiler_options": opts, "cases": {}}
+    out["minor_faults_per_call"] = {}
+    out["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
     rng = np.random.default_rng(0)
     matmul = jax.jit(lambda a, b: a @ b, compiler_options=opts)
     for m, k, n in matmul_shapes(shape):
         a = jnp.asarray(rng.standard_normal((m, k), np.float32))
         b = jnp.asarray(rng.standard_normal((k, n), np.float32))
-        ms = _median_ms(lambda *ab: matmul(*ab).block_until_ready(), (a, b), repeats)
+        ms, faults = _median_ms(lambda *ab: matmul(*ab).block_until_ready(), (a, b), repeats)
         out["cases"][f"matmul {m}x{k}x{n}"] = (ms, 2 * m * k * n)
+        out["minor_faults_per_call"][f"matmul {m}x{k}x{n}"] = faults
 
     params, x0 = init_params(shape)
     params, x0 = jax.tree.map(jnp.asarray, (params, x0))
     for attention in (True, False):
         grad = jax.jit(jax.grad(jax_loss(shape, attention)), compiler_options=opts)
-        ms = _median_ms(lambda p, x, g=grad: jax.block_until_ready(g(p, x)), (params, x0), repeats)
+        ms, faults = _median_ms(
+            lambda p, x, g=grad: jax.block_until_ready(g(p, x)), (params, x0), repeats
+        )
         case = "trunk" if attention else "trunk, no attention"
         out["cases"][case] = (ms, trunk_flops(shape, attention))
+        out["minor_faults_per_call"][case] = faults
+    forward = jax.jit(jax_loss(shape), compiler_options=opts)
+    ms, faults = _median_ms(
+        lambda p, x: jax.block_until_ready(forward(p, x)), (params, x0), repeats
+    )
+    out["cases"]["trunk, forward only"] = (ms, trunk_flops(shape, True) / 3)
+    out["minor_faults_per_call"]["trunk, forward only"] = faults
 
     model = transformer_with(shape, init_params(shape)[0], vocab=bc.VOCAB)
     graphdef, state = nnx.split(model)
@@ -245,8 +261,9 @@ def run_jax(repeats: int, shape: dict = SHAPE) -> dict:
         return jnp.mean(h * h)
 
     grad = jax.jit(jax.grad(ours_loss), compiler_options=opts)
-    ms = _median_ms(lambda s: jax.block_until_ready(grad(s)), (state,), repeats)
+    ms, faults = _median_ms(lambda s: jax.block_until_ready(grad(s)), (state,), repeats)
     out["cases"]["rlhf_jax Transformer"] = (ms, trunk_flops(shape, True))
+    out["minor_faults_per_call"]["rlhf_jax Transformer"] = faults
     return out
 
 
@@ -254,20 +271,28 @@ def run_torch(repeats: int, shape: dict = SHAPE) -> dict:
     import torch
 
     out = {"backend": f"torch {torch.__version__}, {torch.get_num_threads()} threads", "cases": {}}
+    out["minor_faults_per_call"] = {}
     gen = torch.Generator().manual_seed(0)
     for m, k, n in matmul_shapes(shape):
         a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
-        ms = _median_ms(torch.matmul, (a, b), repeats)
+        ms, faults = _median_ms(torch.matmul, (a, b), repeats)
         out["cases"][f"matmul {m}x{k}x{n}"] = (ms, 2 * m * k * n)
+        out["minor_faults_per_call"][f"matmul {m}x{k}x{n}"] = faults
 
     params, x0 = init_params(shape)
     params = [{n: torch.from_numpy(w).requires_grad_() for n, w in p.items()} for p in params]
     x0 = torch.from_numpy(x0)
     for attention in (True, False):
         loss = torch_loss(shape, attention)
-        ms = _median_ms(lambda f=loss: f(params, x0).backward(), (), repeats)
+        ms, faults = _median_ms(lambda f=loss: f(params, x0).backward(), (), repeats)
         case = "trunk" if attention else "trunk, no attention"
         out["cases"][case] = (ms, trunk_flops(shape, attention))
+        out["minor_faults_per_call"][case] = faults
+    loss = torch_loss(shape)
+    with torch.no_grad():
+        ms, faults = _median_ms(loss, (params, x0), repeats)
+    out["cases"]["trunk, forward only"] = (ms, trunk_flops(shape, True) / 3)
+    out["minor_faults_per_call"]["trunk, forward only"] = faults
     return out
 
 
@@ -299,15 +324,21 @@ def main():
         results[side] = json.loads(lines[-1][len("RESULT ") :])
     jx, pt = results["jax"], results["torch"]
     print(f"{jx['backend']} vs {pt['backend']}; {SHAPE}\n")
-    print("| case | JAX (ms) | GFLOP/s | PyTorch (ms) | GFLOP/s | PyTorch / JAX time |")
-    print("|---|--:|--:|--:|--:|--:|")
+    print(f"GLIBC_TUNABLES={jx['glibc_tunables']!r}\n")
+    print(
+        "| case | JAX (ms) | GFLOP/s | page faults / call | PyTorch (ms) | GFLOP/s "
+        "| page faults / call | PyTorch / JAX time |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
     for case, (ms, flops) in jx["cases"].items():
-        row = f"| {case} | {ms:,.1f} | {flops / ms / 1e6:,.0f} |"
+        faults = jx["minor_faults_per_call"][case]
+        row = f"| {case} | {ms:,.1f} | {flops / ms / 1e6:,.0f} | {faults:,.0f} |"
         if case in pt["cases"]:
             pms, pflops = pt["cases"][case]
-            row += f" {pms:,.1f} | {pflops / pms / 1e6:,.0f} | {pms / ms:.2f}x |"
+            pfaults = pt["minor_faults_per_call"][case]
+            row += f" {pms:,.1f} | {pflops / pms / 1e6:,.0f} | {pfaults:,.0f} | {pms / ms:.2f}x |"
         else:
-            row += " — | — | — |"
+            row += " — | — | — | — |"
         print(row)
     if args.json:
         with open(args.json, "w") as f:
