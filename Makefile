@@ -6,6 +6,11 @@ PIP := $(PY) -m pip
 # Slow tests run in their own target; the default suite stays fast on a 2-core CPU. Two
 # pytest-xdist workers keep both cores busy while the other compiles (most of a test's time).
 PYTEST_ARGS ?= -n 2
+# XLA:CPU takes each step's temporaries as one large block that glibc maps afresh per step; huge
+# pages make faulting it in cheap (benchmarks/README.md, "Host memory"). Other C libraries, and
+# glibc before 2.35, ignore it; a value already in the environment wins.
+GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
+export GLIBC_TUNABLES
 
 .PHONY: demo demo-losses test test-slow test-all lint format bench-generate clean
 
