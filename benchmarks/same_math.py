@@ -196,9 +196,11 @@ def transformer_with(shape: dict, params: list[dict], vocab: int):
     return model
 
 
-def _median_ms(fn, args: tuple, repeats: int) -> tuple[float, float]:
-    """Median wall time of ``fn(*args)`` in ms, after 3 untimed calls (compilation included),
-    and the process's minor page faults per timed call (memory the call maps in afresh)."""
+def _measure(out: dict, case: str, flops: float, fn, args: tuple, repeats: int) -> None:
+    """Times ``fn(*args)`` after 3 untimed calls (compilation included) and records, under
+    ``case``, the median wall time in ms with ``flops`` in ``out["cases"]``, and the process's
+    minor page faults per timed call (memory the call maps in afresh) in
+    ``out["minor_faults_per_call"]``."""
     for _ in range(3):
         fn(*args)
     times = []
@@ -208,7 +210,8 @@ def _median_ms(fn, args: tuple, repeats: int) -> tuple[float, float]:
         fn(*args)
         times.append(time.perf_counter() - start)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    return 1000 * statistics.median(times), faults / repeats
+    out["cases"][case] = (1000 * statistics.median(times), flops)
+    out.setdefault("minor_faults_per_call", {})[case] = faults / repeats
 
 
 def run_jax(repeats: int, shape: dict = SHAPE) -> dict:
@@ -221,33 +224,25 @@ def run_jax(repeats: int, shape: dict = SHAPE) -> dict:
 
     opts = xla_options.compiler_options()
     out = {"backend": f"jax {jax.__version__}", "compiler_options": opts, "cases": {}}
-    out["minor_faults_per_call"] = {}
     out["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
     rng = np.random.default_rng(0)
     matmul = jax.jit(lambda a, b: a @ b, compiler_options=opts)
     for m, k, n in matmul_shapes(shape):
         a = jnp.asarray(rng.standard_normal((m, k), np.float32))
         b = jnp.asarray(rng.standard_normal((k, n), np.float32))
-        ms, faults = _median_ms(lambda *ab: matmul(*ab).block_until_ready(), (a, b), repeats)
-        out["cases"][f"matmul {m}x{k}x{n}"] = (ms, 2 * m * k * n)
-        out["minor_faults_per_call"][f"matmul {m}x{k}x{n}"] = faults
+        run = lambda *ab: matmul(*ab).block_until_ready()
+        _measure(out, f"matmul {m}x{k}x{n}", 2 * m * k * n, run, (a, b), repeats)
 
     params, x0 = init_params(shape)
     params, x0 = jax.tree.map(jnp.asarray, (params, x0))
     for attention in (True, False):
         grad = jax.jit(jax.grad(jax_loss(shape, attention)), compiler_options=opts)
-        ms, faults = _median_ms(
-            lambda p, x, g=grad: jax.block_until_ready(g(p, x)), (params, x0), repeats
-        )
         case = "trunk" if attention else "trunk, no attention"
-        out["cases"][case] = (ms, trunk_flops(shape, attention))
-        out["minor_faults_per_call"][case] = faults
+        run = lambda p, x, g=grad: jax.block_until_ready(g(p, x))
+        _measure(out, case, trunk_flops(shape, attention), run, (params, x0), repeats)
     forward = jax.jit(jax_loss(shape), compiler_options=opts)
-    ms, faults = _median_ms(
-        lambda p, x: jax.block_until_ready(forward(p, x)), (params, x0), repeats
-    )
-    out["cases"]["trunk, forward only"] = (ms, trunk_flops(shape, True) / 3)
-    out["minor_faults_per_call"]["trunk, forward only"] = faults
+    run = lambda p, x: jax.block_until_ready(forward(p, x))
+    _measure(out, "trunk, forward only", trunk_flops(shape, True) / 3, run, (params, x0), repeats)
 
     model = transformer_with(shape, init_params(shape)[0], vocab=bc.VOCAB)
     graphdef, state = nnx.split(model)
@@ -261,9 +256,8 @@ def run_jax(repeats: int, shape: dict = SHAPE) -> dict:
         return jnp.mean(h * h)
 
     grad = jax.jit(jax.grad(ours_loss), compiler_options=opts)
-    ms, faults = _median_ms(lambda s: jax.block_until_ready(grad(s)), (state,), repeats)
-    out["cases"]["rlhf_jax Transformer"] = (ms, trunk_flops(shape, True))
-    out["minor_faults_per_call"]["rlhf_jax Transformer"] = faults
+    run = lambda s: jax.block_until_ready(grad(s))
+    _measure(out, "rlhf_jax Transformer", trunk_flops(shape, True), run, (state,), repeats)
     return out
 
 
@@ -271,28 +265,24 @@ def run_torch(repeats: int, shape: dict = SHAPE) -> dict:
     import torch
 
     out = {"backend": f"torch {torch.__version__}, {torch.get_num_threads()} threads", "cases": {}}
-    out["minor_faults_per_call"] = {}
     gen = torch.Generator().manual_seed(0)
     for m, k, n in matmul_shapes(shape):
         a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
-        ms, faults = _median_ms(torch.matmul, (a, b), repeats)
-        out["cases"][f"matmul {m}x{k}x{n}"] = (ms, 2 * m * k * n)
-        out["minor_faults_per_call"][f"matmul {m}x{k}x{n}"] = faults
+        _measure(out, f"matmul {m}x{k}x{n}", 2 * m * k * n, torch.matmul, (a, b), repeats)
 
     params, x0 = init_params(shape)
     params = [{n: torch.from_numpy(w).requires_grad_() for n, w in p.items()} for p in params]
     x0 = torch.from_numpy(x0)
     for attention in (True, False):
         loss = torch_loss(shape, attention)
-        ms, faults = _median_ms(lambda f=loss: f(params, x0).backward(), (), repeats)
         case = "trunk" if attention else "trunk, no attention"
-        out["cases"][case] = (ms, trunk_flops(shape, attention))
-        out["minor_faults_per_call"][case] = faults
+        run = lambda f=loss: f(params, x0).backward()
+        _measure(out, case, trunk_flops(shape, attention), run, (), repeats)
     loss = torch_loss(shape)
     with torch.no_grad():
-        ms, faults = _median_ms(loss, (params, x0), repeats)
-    out["cases"]["trunk, forward only"] = (ms, trunk_flops(shape, True) / 3)
-    out["minor_faults_per_call"]["trunk, forward only"] = faults
+        _measure(
+            out, "trunk, forward only", trunk_flops(shape, True) / 3, loss, (params, x0), repeats
+        )
     return out
 
 
