@@ -1,11 +1,12 @@
 """Our side of ``side_by_side.py``: rlhf_jax steps on the shared checkpoints.
 
-Each row builds exactly what a user's run builds — ``init_train_state`` + ``jit_train_step`` with
-the phase's loss (reward/dpo/sft; pairs packed with their prompt shared, the phases' default;
-rows ``reward_unpacked``/``dpo_unpacked`` run each pair as two rows), ``generate``
-(generation), ``init_ppo_state`` + ``build_iteration`` (PPO: the three jitted programs rollout,
-score, update, as ``run_ppo`` runs them, or the fused one-program iteration with row
-``ppo_fused``) — on a one-device mesh, and times one call to completion
+Each row builds exactly what a user's run builds — ``place_model`` (the model from the HF
+checkpoint onto the mesh) + ``init_train_state`` + ``jit_train_step`` with the phase's loss
+(reward/dpo/sft; pairs packed with their prompt shared, the phases' default; rows
+``reward_unpacked``/``dpo_unpacked`` run each pair as two rows), ``generate`` (generation),
+``init_ppo_state`` + ``build_iteration`` (PPO: the three jitted programs rollout, score,
+update, as ``run_ppo`` runs them, or the fused one-program iteration with row ``ppo_fused``) —
+on a one-device mesh, and times one call to completion
 (``block_until_ready``; PPO also fetches its metrics to the host, as TRL's iteration does).
 
     .venv/bin/python benchmarks/worker_ours.py --row sft --artifacts DIR   # speaks the protocol
@@ -30,10 +31,11 @@ from flax import nnx
 
 from rlhf_jax import data, models, sharding
 from rlhf_jax.generation import SamplingConfig, generate
-from rlhf_jax.training import dpo, ppo_runner, reward, sft
-from rlhf_jax.training import phase as phase_lib
+from rlhf_jax.placement import ModelSource, place_model
+from rlhf_jax.training import dpo, reward, sft
 from rlhf_jax.training import ppo as ppo_lib
 from rlhf_jax.training import state as state_lib
+from rlhf_jax.training.optimizer import OptimizerConfig, make_optimizer
 
 
 def _mesh():
@@ -73,17 +75,15 @@ def _pairs(window=True):
     return batch
 
 
-def _train_step_server(model, make_model, loss_fn, batch, warmup, *, reference=False):
-    mesh = _mesh()
-    tx = state_lib.make_optimizer(
-        state_lib.OptimizerConfig(learning_rate=bc.LEARNING_RATE, max_grad_norm=1.0)
-    )
-    _, params, _ = state_lib.split_model(model)
-    state, shardings, graphdef = state_lib.init_train_state(
-        make_model, tx, mesh, seed=0, params=params, frozen_extra=params if reference else None
+def _train_step_server(model, loss_fn, batch, warmup, *, reference=False):
+    mesh = model.mesh
+    opt = OptimizerConfig(learning_rate=bc.LEARNING_RATE, max_grad_norm=1.0)
+    tx = make_optimizer(opt, total_steps=1000)
+    state, shardings = state_lib.init_train_state(
+        model, tx, seed=0, frozen_extra=model.params if reference else None
     )
     step = state_lib.jit_train_step(
-        functools.partial(loss_fn, graphdef=graphdef), tx, shardings, mesh
+        functools.partial(loss_fn, graphdef=model.graphdef), tx, shardings, mesh
     )
     batch = sharding.shard_batch(batch, mesh)
     holder = {"state": state}
@@ -96,29 +96,27 @@ def _train_step_server(model, make_model, loss_fn, batch, warmup, *, reference=F
     assert step._cache_size() == 1
 
 
+def _place(art, name, head):
+    source = ModelSource(hf_path=os.path.join(art, name), dtype=bc.DTYPE)
+    return place_model(source, head=head, mesh=_mesh())
+
+
 def run_reward(art, warmup, *, share_prompt=True):
-    model = models.load_scalar_model(os.path.join(art, "rm"), kind="reward", dtype=bc.DTYPE)
-    cfg = model.config
-    make = lambda: models.ScalarModel(cfg, kind="reward", rngs=nnx.Rngs(0))
-    loss = functools.partial(reward.reward_pair_loss, share_prompt=share_prompt)
+    config = reward.RewardLossConfig(share_prompt=share_prompt)
+    loss = functools.partial(reward.reward_pair_loss, config=config)
     # The window keys are what the packed pair needs (the reward loss has no LM head).
-    _train_step_server(model, make, loss, _pairs(window=share_prompt), warmup)
+    _train_step_server(_place(art, "rm", "reward"), loss, _pairs(window=share_prompt), warmup)
 
 
 def run_dpo(art, warmup, *, window=True, share_prompt=True):
-    model = models.load_pretrained(os.path.join(art, "lm"), dtype=bc.DTYPE)
-    cfg = model.config
-    make = lambda: models.CausalLM(cfg, rngs=nnx.Rngs(0))
-    loss = functools.partial(dpo.dpo_step_loss, beta=0.1, share_prompt=share_prompt)
-    _train_step_server(model, make, loss, _pairs(window), warmup, reference=True)
+    config = dpo.DPOLossConfig(beta=0.1, share_prompt=share_prompt)
+    loss = functools.partial(dpo.dpo_step_loss, config=config)
+    _train_step_server(_place(art, "lm", "lm"), loss, _pairs(window), warmup, reference=True)
 
 
 def run_sft(art, warmup, *, window=True):
-    model = models.load_pretrained(os.path.join(art, "lm"), dtype=bc.DTYPE)
-    cfg = model.config
-    make = lambda: models.CausalLM(cfg, rngs=nnx.Rngs(0))
     chosen, _ = bc.pair_tokens()
-    _train_step_server(model, make, sft.sft_loss, _sequences(chosen, window), warmup)
+    _train_step_server(_place(art, "lm", "lm"), sft.sft_loss, _sequences(chosen, window), warmup)
 
 
 def run_generate(art, warmup):
@@ -137,7 +135,7 @@ def run_generate(art, warmup):
 
 
 def run_ppo(art, warmup, *, fused=False):
-    opt = state_lib.OptimizerConfig(learning_rate=bc.PPO_LR, max_grad_norm=1.0)
+    opt = OptimizerConfig(learning_rate=bc.PPO_LR, max_grad_norm=1.0)
     ppo = ppo_lib.PPOConfig(
         response_length=bc.PPO_RESPONSE,
         temperature=bc.PPO_TEMPERATURE,
@@ -145,25 +143,25 @@ def run_ppo(art, warmup, *, fused=False):
         normalize_reward=False,  # TRL's PPOTrainer has no reward normalisation
         ppo_epochs=bc.PPO_EPOCHS,
         num_minibatches=bc.PPO_MINIBATCHES,
+        value_init="reward",  # the critic starts from the reward model, as TRL's value model
         policy_optimizer=opt,
         critic_optimizer=opt,
         fuse_iteration=fused,
     )
     with tempfile.TemporaryDirectory() as run_dir:
-        config = ppo_runner.PPORunConfig(
+        config = ppo_lib.PPORunConfig(
             run_dir=run_dir,
-            policy=phase_lib.ModelSource(hf_path=os.path.join(art, "lm"), dtype=bc.DTYPE),
-            reward=phase_lib.ModelSource(hf_path=os.path.join(art, "rm"), dtype=bc.DTYPE),
+            policy=ModelSource(hf_path=os.path.join(art, "lm"), dtype=bc.DTYPE),
+            reward=ModelSource(hf_path=os.path.join(art, "rm"), dtype=bc.DTYPE),
             prompts="(unused)",
             prompt_length=bc.PPO_PROMPT,
             prompts_per_iteration=bc.PPO_BATCH,
-            value_init="reward",  # the critic starts from the reward model, as TRL's value model
             ppo=ppo,
             mesh=sharding.MeshConfig(num_devices=1),
         )
         mesh = sharding.make_mesh(config.mesh)
-        state, shardings, statics, _, _ = ppo_runner.init_ppo_state(config, mesh)
-    fns = ppo_lib.build_iteration(statics, ppo, shardings)
+        state, shardings, statics, _, _ = ppo_lib.init_ppo_state(config, mesh)
+    fns = ppo_lib.build_iteration(statics, ppo, shardings, iterations=config.iterations)
     prompt, mask = bc.ragged_prompts(bc.PPO_BATCH, bc.PPO_PROMPT)
     batch = sharding.shard_batch({"t": prompt, "m": mask}, mesh)
     holder = {"state": state}

@@ -1,6 +1,6 @@
 """The loss library end to end on a tabular RLHF task with a known gold reward.
 
-    make demo            # or: python experiments/demo.py [--seed 0]
+    make demo-losses     # or: python experiments/demo.py [--seed 0]
 
 Every prompt has N candidate responses, each a feature vector; the gold reward is linear in the
 features. Simulated raters label pairs from the reference (uniform) policy with Bradley–Terry

@@ -1,13 +1,14 @@
 """Writes the tiny tokenizer and data files the ``smoke`` configs train on (no download).
 
-    python experiments/make_smoke_data.py [--out configs/smoke_data]
+    python experiments/make_smoke_data.py [--out rlhf_jax/presets/smoke_data]
 
 A word-level tokenizer over a fixed vocabulary (pad/bos/eos specials), and:
   sft.jsonl    prompt → completion: each prompt word followed by its successor in a counting
                sequence, a deterministic, learnable map;
   prefs.jsonl  prompt/chosen/rejected: the chosen answer starts with "good", the rejected with
                "bad" — separable, so a reward model and DPO must reach high accuracy.
-The committed files under configs/smoke_data are this script's output for the default seed.
+The committed files under rlhf_jax/presets/smoke_data (package data) are this script's output
+for the default seed.
 """
 
 from __future__ import annotations
@@ -56,9 +57,8 @@ def rows(seed: int, n: int = 128):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out", default=str(pathlib.Path(__file__).parents[1] / "configs" / "smoke_data")
-    )
+    default_out = pathlib.Path(__file__).parents[1] / "rlhf_jax" / "presets" / "smoke_data"
+    parser.add_argument("--out", default=str(default_out))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = pathlib.Path(args.out)

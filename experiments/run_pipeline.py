@@ -9,7 +9,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from rlhf_jax import sharding
-from rlhf_jax.pipeline import PHASES, Pipeline, PipelineConfig
+from rlhf_jax.synthetic import PHASES, Pipeline, PipelineConfig
 from rlhf_jax.training.config import build
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pipeline config.", lock_config=True)

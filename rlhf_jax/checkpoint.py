@@ -24,9 +24,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from rlhf_jax.logging import jsonable
+from rlhf_jax.models import CheckpointError
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete, or belongs to another configuration."""
+__all__ = ["CheckpointError"]  # re-exported: one error for HF checkpoints and ours alike
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,19 +35,6 @@ class CheckpointConfig:
     save_every: int = 100  # steps between saves (the last step and interrupts always save)
     keep: int = 3  # how many recent checkpoints to keep
     async_save: bool = True  # write in a background thread while training goes on
-
-
-def _jsonable(value: Any) -> Any:
-    """Dataclasses, tuples and NumPy scalars → plain JSON types (for fingerprints)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    return value
 
 
 def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
@@ -65,7 +53,7 @@ def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
 
 
 def check_fingerprint(saved: Mapping, current: Mapping, *, where: str) -> None:
-    diffs = _differences(_jsonable(saved), _jsonable(current))
+    diffs = _differences(jsonable(saved), jsonable(current))
     if diffs:
         raise CheckpointError(
             f"checkpoint {where} was written by a different configuration; differing fields:\n  "
@@ -85,7 +73,7 @@ class PhaseCheckpointer:
         config: CheckpointConfig = CheckpointConfig(),
     ):
         self.directory = pathlib.Path(directory).absolute()
-        self.fingerprint = _jsonable(fingerprint)
+        self.fingerprint = jsonable(fingerprint)
         self.config = config
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=config.save_every,
@@ -105,7 +93,7 @@ class PhaseCheckpointer:
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(_jsonable(data_state)),
+                data=ocp.args.JsonSave(jsonable(data_state)),
                 meta=ocp.args.JsonSave(self.fingerprint),
             ),
             force=force,
@@ -151,7 +139,7 @@ def save_artifact(directory: str | pathlib.Path, params, *, meta: Mapping[str, A
         ckptr.save(directory / "params", params, force=True)
         ckptr.wait_until_finished()
     if jax.process_index() == 0:
-        (directory / ARTIFACT_META).write_text(json.dumps(_jsonable(meta), indent=2))
+        (directory / ARTIFACT_META).write_text(json.dumps(jsonable(meta), indent=2))
 
 
 def artifact_exists(directory: str | pathlib.Path) -> bool:

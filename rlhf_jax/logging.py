@@ -6,6 +6,7 @@ one host sync a training loop makes, so loops call ``write`` every ``log_every``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -15,6 +16,28 @@ from typing import Any
 
 import jax
 import numpy as np
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types from dataclasses, mappings, tuples, NumPy/JAX scalars and arrays, paths.
+
+    Non-finite floats become None (JSON has no NaN); keys become strings.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray | jax.Array):
+        return jsonable(np.asarray(value).tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    return value
 
 
 def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -20,7 +20,7 @@ import optax  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from training_testing import pair_batch, tiny_reward_model  # noqa: E402
+from training_testing import RM, init_state, pair_batch, tiny_reward_model  # noqa: E402
 
 from rlhf_jax import sharding  # noqa: E402
 from rlhf_jax.training import reward  # noqa: E402
@@ -34,9 +34,12 @@ def main():
     assert jax.process_count() == num_processes and jax.device_count() == 2 * num_processes
     mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=-1, tensor=1))
     tx = optax.sgd(0.5)  # linear in the gradient, so parameters compare tightly
-    state, shardings, graphdef = state_lib.init_train_state(tiny_reward_model, tx, mesh, seed=0)
+    state, shardings, graphdef = init_state(tiny_reward_model, tx, mesh)
     step = state_lib.jit_train_step(
-        functools.partial(reward.reward_pair_loss, graphdef=graphdef), tx, shardings, mesh
+        functools.partial(reward.reward_pair_loss, graphdef=graphdef, config=RM),
+        tx,
+        shardings,
+        mesh,
     )
     batch = pair_batch(0, batch=8)
     rows = 8 // num_processes

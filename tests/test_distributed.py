@@ -12,7 +12,7 @@ import sys
 import jax
 import numpy as np
 import optax
-from training_testing import pair_batch, tiny_reward_model
+from training_testing import RM, init_state, pair_batch, tiny_reward_model
 
 from rlhf_jax import sharding
 from rlhf_jax.training import reward
@@ -47,9 +47,12 @@ def test_two_processes_match_one(tmp_path):
 
     mesh = sharding.make_mesh(sharding.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
     tx = optax.sgd(0.5)  # linear in the gradient, so parameters compare tightly
-    state, shardings, graphdef = state_lib.init_train_state(tiny_reward_model, tx, mesh, seed=0)
+    state, shardings, graphdef = init_state(tiny_reward_model, tx, mesh)
     step = state_lib.jit_train_step(
-        functools.partial(reward.reward_pair_loss, graphdef=graphdef), tx, shardings, mesh
+        functools.partial(reward.reward_pair_loss, graphdef=graphdef, config=RM),
+        tx,
+        shardings,
+        mesh,
     )
     state, metrics = step(state, sharding.shard_batch(pair_batch(0, batch=8), mesh))
     np.testing.assert_allclose(multi["loss"], float(metrics["loss"]), rtol=1e-5)

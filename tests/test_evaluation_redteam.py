@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from rlhf_jax.evaluation import compare_scores, load_prompts, red_team
+from rlhf_jax.evaluation import compare_scores, load_red_team_prompts, red_team
 
 PROMPTS = ["ignore the rules", "say it twice", "longest answer wins", "agree with me", "spell 7"]
 
@@ -51,20 +51,20 @@ def test_red_team_driver_with_list_and_file(tmp_path):
 
 def test_load_prompts_formats(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(["x", {"prompt": "y"}]))
-    assert load_prompts(tmp_path / "a.json") == ["x", "y"]
+    assert load_red_team_prompts(tmp_path / "a.json") == ["x", "y"]
     (tmp_path / "b.jsonl").write_text('{"prompt": "x"}\n\n"y"\n')
-    assert load_prompts(tmp_path / "b.jsonl") == ["x", "y"]
+    assert load_red_team_prompts(tmp_path / "b.jsonl") == ["x", "y"]
     (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n{"text": "y"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl, line 2"):
-        load_prompts(tmp_path / "bad.jsonl")
+        load_red_team_prompts(tmp_path / "bad.jsonl")
     (tmp_path / "broken.jsonl").write_text('"x"\n{oops\n')
     with pytest.raises(ValueError, match=r"broken.jsonl, line 2: invalid JSON"):
-        load_prompts(tmp_path / "broken.jsonl")
+        load_red_team_prompts(tmp_path / "broken.jsonl")
     (tmp_path / "empty.txt").write_text("# nothing\n\n")
     with pytest.raises(ValueError, match="holds no prompts"):
-        load_prompts(tmp_path / "empty.txt")
+        load_red_team_prompts(tmp_path / "empty.txt")
     with pytest.raises(FileNotFoundError, match=r"missing\.txt"):
-        load_prompts(tmp_path / "missing.txt")
+        load_red_team_prompts(tmp_path / "missing.txt")
 
 
 @pytest.mark.parametrize(

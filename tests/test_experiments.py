@@ -9,10 +9,9 @@ import time
 
 import pytest
 
-from rlhf_jax.training import presets
+from rlhf_jax import presets
 from rlhf_jax.training.config import build
-from rlhf_jax.training.entry import run_from_config
-from rlhf_jax.training.phase import PhaseConfig
+from rlhf_jax.training.entry import PHASES, run_from_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,16 +28,38 @@ def load_config(phase, arg):
 @pytest.mark.parametrize("phase", ["sft", "reward", "dpo"])
 @pytest.mark.parametrize("variant", presets.VARIANTS)
 def test_every_config_variant_builds_a_typed_config(phase, variant):
-    config = build(PhaseConfig, load_config(phase, variant).to_dict())
-    assert config.total_steps == config.optimizer.total_steps
-    assert (config.model.init is not None) == (variant == "smoke")
+    config = build(PHASES[phase].config_type, load_config(phase, variant).to_dict())
+    assert isinstance(config, PHASES[phase].config_type)
+    assert config.model.origin == ("init" if variant == "smoke" else "hf")
+    # Each phase's config has its own section and no other phase's.
+    assert hasattr(config, "dpo") == (phase == "dpo")
+    assert hasattr(config, "reward") == (phase == "reward")
+
+
+def test_the_smoke_preset_needs_no_repository_files():
+    config = build(PHASES["sft"].config_type, load_config("sft", "smoke").to_dict())
+    package = pathlib.Path(presets.__file__).parent
+    for path in (config.data.path, config.model.tokenizer):
+        assert pathlib.Path(path).is_relative_to(package), path
+        assert pathlib.Path(path).exists(), path
+
+
+def test_a_new_dataclass_field_reaches_the_command_line_without_a_config_edit():
+    # Config sections are made from the dataclasses, so every field (with its default) is
+    # there to override, and an optional one parses as its type.
+    c = load_config("dpo", "smoke")
+    assert c.dpo.simpo_gamma == 0.5 and c.optimizer.max_grad_norm == 1.0
+    c.data.max_responses = 4
+    c.dpo.loss_type = "ipo"
+    config = build(PHASES["dpo"].config_type, c.to_dict())
+    assert config.data.max_responses == 4 and config.dpo.loss_type == "ipo"
 
 
 def test_unknown_field_is_named():
     config = load_config("sft", "smoke").to_dict()
     config["optimizer"]["learnig_rate"] = 1.0
     with pytest.raises(ValueError, match=r"config\.optimizer\.learnig_rate"):
-        build(PhaseConfig, config)
+        build(PHASES["sft"].config_type, config)
     with pytest.raises(ValueError, match="variant"):
         load_config("sft", "gpt5")
 
@@ -46,13 +67,13 @@ def test_unknown_field_is_named():
 def test_smoke_sft_then_reward_from_its_artifact(tmp_path):
     sft = load_config("sft", "smoke")
     sft.run_dir = str(tmp_path / "sft")
-    sft.total_steps = sft.optimizer.total_steps = 8
+    sft.total_steps = 8
     sft.console = sft.tensorboard = False
     run_from_config(sft, kind="sft")
     rm = load_config("reward", "smoke")
     rm.run_dir = str(tmp_path / "rm")
     rm.model.artifact = str(tmp_path / "sft" / "artifact")
-    rm.total_steps = rm.optimizer.total_steps = 8
+    rm.total_steps = 8
     rm.console = False
     result = run_from_config(rm, kind="reward")
     assert result["status"] == "finished"
@@ -70,7 +91,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
         f"{ROOT}/configs/sft.py:smoke",
         f"--config.run_dir={tmp_path}",
         "--config.total_steps=100000",
-        "--config.optimizer.total_steps=100000",
         "--config.console=False",
         "--config.log_every=1",
         "--config.tensorboard=False",

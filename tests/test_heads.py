@@ -17,13 +17,14 @@ from model_testing import (
 )
 
 from rlhf_jax.models import (
-    PolicyValueModel,
+    CausalLM,
     ScalarHead,
     ScalarModel,
     at_last_valid,
     from_hf_dict,
     load_pretrained,
     load_scalar_model,
+    pool_scores,
     save_pretrained,
 )
 
@@ -76,17 +77,31 @@ def test_head_initialisation():
         ScalarHead(cfg, kind="critic", rngs=nnx.Rngs(0))
 
 
-def test_policy_value_shares_the_trunk_and_separate_critic_copies_it():
+def test_value_head_on_the_lm_trunk_and_separate_critic_copies_it():
     lm = load_pretrained(hf_checkpoint("qwen2")[0])
+    assert isinstance(lm, CausalLM)
     tokens, mask = random_batch(1, 2, 7, pads=[0, 3])
-    pv = PolicyValueModel(lm.config, rngs=nnx.Rngs(0), lm=lm)
-    logits, values = forward(pv, tokens, mask)
-    np.testing.assert_array_equal(logits, forward(lm, tokens, mask))
-    np.testing.assert_array_equal(values, 0.0)  # zero-initialised value head
+    logits = forward(lm, tokens, mask)
+    # A value head alone on the policy's hidden states (PPO's value_model="shared").
+    head = ScalarHead(lm.config, kind="value", rngs=nnx.Rngs(0))
+    h = forward(lm, tokens, mask, method="hidden_states")
+    np.testing.assert_array_equal(head(jnp.asarray(h)), 0.0)  # zero-initialised value head
 
     critic = ScalarModel.from_trunk(lm.trunk, kind="value", rngs=nnx.Rngs(0))
     critic.trunk.final_norm.scale[...] = jnp.zeros(64)  # a copy: the LM must not change
     np.testing.assert_array_equal(forward(lm, tokens, mask), logits)
+
+
+def test_pool_scores_last_token_and_response_mean_closed_form():
+    scores = jnp.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    attn = jnp.array([[1, 1, 1, 0], [0, 1, 1, 1]], bool)  # right- and left-padded
+    response = jnp.array([[0, 1, 1, 0], [0, 0, 1, 1]], bool)
+    np.testing.assert_array_equal(pool_scores(scores, attn, response, "last"), [3.0, 8.0])
+    np.testing.assert_array_equal(pool_scores(scores, attn, response, "mean"), [2.5, 7.5])
+    with pytest.raises(ValueError, match="pooling"):
+        pool_scores(scores, attn, response, "max")
+    with pytest.raises(ValueError, match="response mask"):
+        pool_scores(scores, attn, None, "mean")
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

@@ -107,7 +107,8 @@ def test_packed_dpo_logprobs_loss_and_gradients_equal_unpacked(seed):
     frozen = {"rest": rest, "extra": jax.tree.map(lambda x: x * 0.9, params)}
     value = {}
     for share in (False, True):
-        loss = functools.partial(dpo.dpo_step_loss, graphdef=graphdef, share_prompt=share)
+        config = dpo.DPOLossConfig(share_prompt=share)
+        loss = functools.partial(dpo.dpo_step_loss, graphdef=graphdef, config=config)
         value[share] = jax.jit(
             jax.value_and_grad(lambda p, b, f=loss: f(p, frozen, b, None), has_aux=True)
         )(params, batch)
@@ -151,7 +152,9 @@ def test_packed_reward_scores_loss_and_gradients_equal_unpacked(pooling):
     value = {}
     for share in (False, True):
         loss = functools.partial(
-            reward.reward_pair_loss, graphdef=graphdef, pooling=pooling, share_prompt=share
+            reward.reward_pair_loss,
+            graphdef=graphdef,
+            config=reward.RewardLossConfig(pooling=pooling, share_prompt=share),
         )
         value[share] = jax.jit(
             jax.value_and_grad(lambda p, b, f=loss: f(p, {"rest": rest}, b, None), has_aux=True)
@@ -176,14 +179,22 @@ def test_without_window_keys_share_prompt_takes_the_unpacked_path_with_the_same_
     rm_graphdef, rm_params, rm_rest = nnx.split(tiny_reward_model(0), nnx.Param, ...)
     steps = [
         functools.partial(
-            dpo.dpo_step_loss, params, {"rest": rest, "extra": params}, graphdef=graphdef
+            dpo.dpo_step_loss,
+            params,
+            {"rest": rest, "extra": params},
+            graphdef=graphdef,
+            config=dpo.DPOLossConfig(share_prompt=True),
         ),
         functools.partial(
-            reward.reward_pair_loss, rm_params, {"rest": rm_rest}, graphdef=rm_graphdef
+            reward.reward_pair_loss,
+            rm_params,
+            {"rest": rm_rest},
+            graphdef=rm_graphdef,
+            config=reward.RewardLossConfig(share_prompt=True),
         ),
     ]
     for step in steps:
-        keys = [set(step(b, None, share_prompt=True)[1][1]) for b in (batch, windowed)]
+        keys = [set(step(b, None)[1][1]) for b in (batch, windowed)]
         assert keys[0] == keys[1] and "unshared_prompts" in keys[0]
 
 

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from rlhf_jax.pipeline import Pipeline, PipelineConfig
+from rlhf_jax.synthetic import Pipeline, PipelineConfig
 from rlhf_jax.training.config import build
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -157,7 +157,8 @@ def test_windowed_dpo_logprobs_and_gradients_equal_the_full_computation():
     np.testing.assert_array_equal(wlr, lr)
 
     frozen = {"rest": rest, "extra": jax.tree.map(lambda x: x * 0.9, params)}
-    loss = functools.partial(dpo.dpo_step_loss, graphdef=graphdef, beta=0.1)
+    config = dpo.DPOLossConfig(share_prompt=False)
+    loss = functools.partial(dpo.dpo_step_loss, graphdef=graphdef, config=config)
     grad = jax.jit(jax.grad(lambda p, b: loss(p, frozen, b, None)[0]))
     for a, b in zip(
         jax.tree.leaves(grad(params, full)), jax.tree.leaves(grad(params, windowed)), strict=True

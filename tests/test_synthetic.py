@@ -1,4 +1,4 @@
-"""The embedded synthetic task (rlhf_jax.data.synthetic): data, gold reward, raters, tokenizer."""
+"""The embedded synthetic task (rlhf_jax.synthetic): data, gold reward, raters, tokenizer."""
 
 import dataclasses
 import functools
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from rlhf_jax import data
-from rlhf_jax.data import synthetic
-from rlhf_jax.data.synthetic import EOS_ID, SyntheticTask, SyntheticTaskConfig
+from rlhf_jax.synthetic import EOS_ID, SyntheticTask, SyntheticTaskConfig
+from rlhf_jax.synthetic import task as synthetic
 
 TASK = SyntheticTask()
 

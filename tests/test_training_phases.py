@@ -12,8 +12,12 @@ from training_testing import TINY
 from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import data as data_lib
 from rlhf_jax import sharding
-from rlhf_jax.training import phase as phase_lib
-from rlhf_jax.training.state import OptimizerConfig
+from rlhf_jax.placement import ModelSource
+from rlhf_jax.training import dpo, reward, sft
+from rlhf_jax.training.optimizer import OptimizerConfig
+from rlhf_jax.training.phase import run_phase
+
+PHASES = {"sft": sft.PHASE, "reward": reward.PHASE, "dpo": dpo.PHASE}
 
 WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
 MODEL = TINY
@@ -47,8 +51,8 @@ def workdir(tmp_path_factory):
 
 
 def _config(workdir, name, kind, *, steps, model=None, data="sft.jsonl", **overrides):
-    source = model or phase_lib.ModelSource(init=MODEL, tokenizer=str(workdir / "tokenizer"))
-    return phase_lib.PhaseConfig(
+    source = model or ModelSource(init=MODEL, tokenizer=str(workdir / "tokenizer"))
+    return PHASES[kind].config_type(
         run_dir=str(workdir / name),
         model=source,
         data=data_lib.DataConfig(
@@ -57,9 +61,7 @@ def _config(workdir, name, kind, *, steps, model=None, data="sft.jsonl", **overr
             batch_size=8,
             eval_fraction=0.25 if kind != "sft" else 0.0,
         ),
-        optimizer=OptimizerConfig(
-            learning_rate=3e-3, schedule="constant", warmup_steps=0, total_steps=steps
-        ),
+        optimizer=OptimizerConfig(learning_rate=3e-3, schedule="constant", warmup_steps=0),
         mesh=sharding.MeshConfig(data=1, fsdp=1, tensor=1, num_devices=1),
         checkpoint=ckpt_lib.CheckpointConfig(save_every=2, keep=2, async_save=True),
         total_steps=steps,
@@ -79,7 +81,7 @@ def _metrics(workdir, name):
 
 @pytest.fixture(scope="module")
 def sft_run(workdir):
-    result = phase_lib.run_phase(_config(workdir, "sft", "sft", steps=30), kind="sft")
+    result = run_phase(PHASES["sft"], _config(workdir, "sft", "sft", steps=30))
     return result
 
 
@@ -93,12 +95,12 @@ def test_sft_loss_falls_and_writes_an_artifact(workdir, sft_run):
 
 
 def test_reward_model_from_sft_artifact_learns_separable_preferences(workdir, sft_run):
-    source = phase_lib.ModelSource(
+    source = ModelSource(
         artifact=str(workdir / "sft" / "artifact"), tokenizer=str(workdir / "tokenizer")
     )
-    result = phase_lib.run_phase(
+    result = run_phase(
+        PHASES["reward"],
         _config(workdir, "rm", "reward", steps=25, model=source, data="prefs.jsonl"),
-        kind="reward",
     )
     assert result["eval"]["accuracy"] > 0.9, result["eval"]
     # The trunk started from the SFT policy, not from scratch.
@@ -107,7 +109,7 @@ def test_reward_model_from_sft_artifact_learns_separable_preferences(workdir, sf
 
 @pytest.mark.parametrize("precompute", [True, False])
 def test_dpo_from_sft_artifact_raises_implicit_reward_accuracy(workdir, sft_run, precompute):
-    source = phase_lib.ModelSource(
+    source = ModelSource(
         artifact=str(workdir / "sft" / "artifact"), tokenizer=str(workdir / "tokenizer")
     )
     config = _config(
@@ -117,9 +119,9 @@ def test_dpo_from_sft_artifact_raises_implicit_reward_accuracy(workdir, sft_run,
         steps=20,
         model=source,
         data="prefs.jsonl",
-        dpo=phase_lib.DPOLossConfig(beta=0.1, precompute_reference=precompute),
+        dpo=dpo.DPOLossConfig(beta=0.1, precompute_reference=precompute),
     )
-    result = phase_lib.run_phase(config, kind="dpo")
+    result = run_phase(PHASES["dpo"], config)
     first = next(m for m in _metrics(workdir, f"dpo_{precompute}") if "loss" in m)
     np.testing.assert_allclose(first["loss"], np.log(2.0), rtol=0.05)
     assert result["eval"]["rewards/accuracies"] > 0.9, result["eval"]
@@ -127,12 +129,12 @@ def test_dpo_from_sft_artifact_raises_implicit_reward_accuracy(workdir, sft_run,
 
 
 def test_kill_and_resume_reproduces_the_uninterrupted_run(workdir):
-    full = phase_lib.run_phase(_config(workdir, "full", "sft", steps=6), kind="sft")
+    full = run_phase(PHASES["sft"], _config(workdir, "full", "sft", steps=6))
     cut = _config(workdir, "cut", "sft", steps=6)
-    first = phase_lib.run_phase(cut, kind="sft", stop_after=3)
+    first = run_phase(PHASES["sft"], cut, stop_after=3)
     assert first["status"] == "interrupted" and first["step"] == 3
     assert not ckpt_lib.artifact_exists(workdir / "cut" / "artifact")
-    second = phase_lib.run_phase(cut, kind="sft")
+    second = run_phase(PHASES["sft"], cut)
     assert second["status"] == "finished" and second["step"] == 6
     for a, b in zip(
         jax.tree.leaves(full["state"].params), jax.tree.leaves(second["state"].params), strict=True
@@ -149,40 +151,64 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(workdir):
 
 
 def test_resume_with_another_config_names_the_fields(workdir):
-    phase_lib.run_phase(_config(workdir, "mismatch", "sft", steps=2), kind="sft")
+    run_phase(PHASES["sft"], _config(workdir, "mismatch", "sft", steps=2))
     other = dataclasses.replace(MODEL, hidden_size=48, num_heads=6, head_dim=8)
     config = _config(
         workdir,
         "mismatch",
         "sft",
         steps=4,
-        model=phase_lib.ModelSource(init=other, tokenizer=str(workdir / "tokenizer")),
+        model=ModelSource(init=other, tokenizer=str(workdir / "tokenizer")),
     )
     with pytest.raises(ckpt_lib.CheckpointError, match=r"model\.hidden_size"):
-        phase_lib.run_phase(config, kind="sft")
+        run_phase(PHASES["sft"], config)
 
 
 def test_wrong_data_for_the_phase_is_a_clear_error(workdir):
     config = _config(workdir, "wrong", "reward", steps=2, data="sft.jsonl")
     with pytest.raises(ValueError, match="needs preference or ranking data"):
-        phase_lib.run_phase(config, kind="reward")
+        run_phase(PHASES["reward"], config)
 
 
 def test_model_source_needs_one_origin(workdir):
     with pytest.raises(ValueError, match="set hf_path, artifact, or init"):
-        phase_lib.ModelSource(tokenizer="t")
+        ModelSource(tokenizer="t")
     with pytest.raises(ValueError, match="not both"):
-        phase_lib.ModelSource(hf_path="h", artifact="a", tokenizer="t")
-    # A loaded model ignores the preset's random-init architecture.
-    assert phase_lib.ModelSource(init=MODEL, artifact="a", tokenizer="t").init is None
+        ModelSource(hf_path="h", artifact="a", tokenizer="t")
+    # Loaded weights win over a preset's random-init architecture (which stays as given).
+    assert ModelSource(init=MODEL, artifact="a", tokenizer="t").origin == "artifact"
+    assert ModelSource(init=MODEL, hf_path="h").origin == "hf"
+    assert ModelSource(init=MODEL).origin == "init"
+    with pytest.raises(ValueError, match=r"model\.tokenizer is required"):
+        _ = ModelSource(init=MODEL).tokenizer_path
+
+
+def test_a_reward_artifact_given_to_an_lm_phase_is_refused_by_name(workdir, sft_run):
+    source = ModelSource(
+        artifact=str(workdir / "sft" / "artifact"), tokenizer=str(workdir / "tokenizer")
+    )
+    rm = run_phase(
+        PHASES["reward"],
+        _config(workdir, "rm_for_dpo", "reward", steps=2, model=source, data="prefs.jsonl"),
+    )
+    assert rm["status"] == "finished"
+    wrong = ModelSource(
+        artifact=str(workdir / "rm_for_dpo" / "artifact"), tokenizer=str(workdir / "tokenizer")
+    )
+    config = _config(workdir, "dpo_wrong", "dpo", steps=2, model=wrong, data="prefs.jsonl")
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"rm_for_dpo/artifact holds a reward"):
+        run_phase(PHASES["dpo"], config)
+
+
+def test_a_phase_refuses_another_phase_config(workdir):
+    with pytest.raises(TypeError, match="DPOPhaseConfig"):
+        run_phase(PHASES["dpo"], _config(workdir, "x", "sft", steps=2))
 
 
 def test_missing_artifact_is_a_clear_error(workdir):
-    source = phase_lib.ModelSource(
-        artifact=str(workdir / "nowhere"), tokenizer=str(workdir / "tokenizer")
-    )
+    source = ModelSource(artifact=str(workdir / "nowhere"), tokenizer=str(workdir / "tokenizer"))
     with pytest.raises(ckpt_lib.CheckpointError, match="no phase artifact"):
-        phase_lib.run_phase(_config(workdir, "x", "sft", steps=2, model=source), kind="sft")
+        run_phase(PHASES["sft"], _config(workdir, "x", "sft", steps=2, model=source))
 
 
 del functools

@@ -1,5 +1,6 @@
 """The phases' steps: sharded == single device, one trace, exact accumulation, finite guard."""
 
+import dataclasses
 import functools
 
 import jax
@@ -7,6 +8,9 @@ import numpy as np
 import optax
 import pytest
 from training_testing import (
+    DPO,
+    RM,
+    init_state,
     pair_batch,
     sft_batch,
     tiny_lm,
@@ -17,52 +21,60 @@ from training_testing import (
 from rlhf_jax import sharding
 from rlhf_jax.training import dpo, reward, sft
 from rlhf_jax.training import state as state_lib
-from rlhf_jax.training.loop import NonFiniteError, _check_finite
+from rlhf_jax.training.loop import NonFiniteError, check_finite
+from rlhf_jax.training.optimizer import OptimizerConfig, make_optimizer
 
-TX = state_lib.make_optimizer(
-    state_lib.OptimizerConfig(learning_rate=1e-3, schedule="constant", max_grad_norm=1.0)
+TX = make_optimizer(
+    OptimizerConfig(learning_rate=1e-3, schedule="constant", max_grad_norm=1.0), total_steps=100
 )
 # Equivalence tests compare parameters after updates that are linear in the gradient: Adam's
 # m/√v turns float-rounding differences in near-zero gradients into lr-sized steps.
 SGD = optax.sgd(0.5)
 
 
-def _reference_params():
-    return state_lib.split_model(tiny_lm(seed=1))[1]
+def _reference():
+    return tiny_lm(seed=1)
 
 
 PHASES = {
     "sft": (tiny_lm, sft.sft_loss, sft_batch, None),
-    "reward": (tiny_reward_model, reward.reward_pair_loss, pair_batch, None),
+    "reward": (
+        tiny_reward_model,
+        functools.partial(reward.reward_pair_loss, config=RM),
+        pair_batch,
+        None,
+    ),
     # DPO-family rows carry the response window, as the data layer's batches do.
     "dpo": (
         tiny_lm,
-        functools.partial(dpo.dpo_step_loss, beta=0.1),
+        functools.partial(dpo.dpo_step_loss, config=DPO),
         windowed_pair_batch,
-        _reference_params,
+        _reference,
     ),
     # Pairs packed as [prompt | chosen | rejected] (the phases' default).
     "dpo_packed": (
         tiny_lm,
-        functools.partial(dpo.dpo_step_loss, beta=0.1, share_prompt=True),
+        functools.partial(dpo.dpo_step_loss, config=dataclasses.replace(DPO, share_prompt=True)),
         windowed_pair_batch,
-        _reference_params,
+        _reference,
     ),
     "reward_packed": (
         tiny_reward_model,
-        functools.partial(reward.reward_pair_loss, share_prompt=True),
+        functools.partial(
+            reward.reward_pair_loss, config=dataclasses.replace(RM, share_prompt=True)
+        ),
         windowed_pair_batch,
         None,
     ),
     "ipo": (
         tiny_lm,
-        functools.partial(dpo.dpo_step_loss, beta=0.1, loss_type="ipo"),
+        functools.partial(dpo.dpo_step_loss, config=dataclasses.replace(DPO, loss_type="ipo")),
         pair_batch,
-        _reference_params,
+        _reference,
     ),
     "simpo": (
         tiny_lm,
-        functools.partial(dpo.dpo_step_loss, loss_type="simpo"),
+        functools.partial(dpo.dpo_step_loss, config=dataclasses.replace(DPO, loss_type="simpo")),
         windowed_pair_batch,
         None,
     ),
@@ -70,10 +82,8 @@ PHASES = {
 
 
 def _run(phase, mesh, *, steps=2, accum_steps=1, batch_size=8, tx=SGD):
-    model_fn, loss_fn, batch_fn, frozen_fn = PHASES[phase]
-    state, shardings, graphdef = state_lib.init_train_state(
-        model_fn, tx, mesh, seed=0, frozen_fn=frozen_fn
-    )
+    model_fn, loss_fn, batch_fn, reference_fn = PHASES[phase]
+    state, shardings, graphdef = init_state(model_fn, tx, mesh, reference_fn=reference_fn)
     step = state_lib.jit_train_step(
         functools.partial(loss_fn, graphdef=graphdef),
         tx,
@@ -130,7 +140,7 @@ def test_step_traces_once_per_shape():
 def test_padded_pairs_do_not_change_the_reward_step():
     mesh = _single_device_mesh()
     model_fn, loss_fn, _, _ = PHASES["reward"]
-    state, _, graphdef = state_lib.init_train_state(model_fn, TX, mesh, seed=0)
+    state, _, graphdef = init_state(model_fn, TX, mesh)
     loss = functools.partial(loss_fn, graphdef=graphdef)
     full = pair_batch(0, batch=8, padded_rows=3)
     real = {k: v[:5] for k, v in full.items()}
@@ -148,11 +158,9 @@ def test_padded_pairs_do_not_change_the_reward_step():
 
 def test_dpo_first_step_with_reference_equal_to_policy_is_log2():
     mesh = _single_device_mesh()
-    state, shardings, graphdef = state_lib.init_train_state(
-        tiny_lm, TX, mesh, seed=0, frozen_fn=lambda: state_lib.split_model(tiny_lm(seed=0))[1]
-    )
+    state, shardings, graphdef = init_state(tiny_lm, TX, mesh, reference_fn=tiny_lm)
     step = state_lib.jit_train_step(
-        functools.partial(dpo.dpo_step_loss, graphdef=graphdef, beta=0.1), TX, shardings, mesh
+        functools.partial(dpo.dpo_step_loss, graphdef=graphdef, config=DPO), TX, shardings, mesh
     )
     _, metrics = step(state, sharding.shard_batch(pair_batch(0), mesh))
     np.testing.assert_allclose(metrics["loss"], np.log(2.0), rtol=1e-6)
@@ -161,7 +169,7 @@ def test_dpo_first_step_with_reference_equal_to_policy_is_log2():
 
 def test_nonfinite_update_is_never_applied():
     mesh = _single_device_mesh()
-    state, shardings, graphdef = state_lib.init_train_state(tiny_lm, TX, mesh, seed=0)
+    state, shardings, graphdef = init_state(tiny_lm, TX, mesh)
 
     def poisoned_loss(params, frozen, batch, rng):
         loss, aux = sft.sft_loss(params, frozen, batch, rng, graphdef=graphdef)
@@ -182,9 +190,10 @@ def test_nonfinite_update_is_never_applied():
     )
     assert float(metrics["nonfinite_updates"]) == 1.0
     assert int(state.step) == 2 and int(state.first_nonfinite_step) == 1
-    with pytest.raises(NonFiniteError, match="step 1"):
-        _check_finite(state, skip_nonfinite=False)
-    _check_finite(state, skip_nonfinite=True)
+    # Named as checkpoints count: the second update (after 1 completed step) was refused.
+    with pytest.raises(NonFiniteError, match=r"in step 2; .* at most 1 here"):
+        check_finite(state, skip_nonfinite=False)
+    check_finite(state, skip_nonfinite=True)
 
 
 def test_mesh_config_errors_name_the_axes():
@@ -203,20 +212,11 @@ def test_indivisible_dimensions_are_replicated():
         sharding.logical_to_spec(("bogus",), (4,), mesh)
 
 
-def test_reward_pooling_reads_last_token_or_response_mean():
-    per_token = np.array([[1.0, 2.0, 3.0, 9.0], [4.0, 5.0, 0.0, 0.0]], np.float32)
-    attn = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
-    response = np.array([[0, 1, 1, 0], [0, 1, 0, 0]], bool)
-    np.testing.assert_allclose(reward.pool_scores(per_token, attn, response, "last"), [3.0, 5.0])
-    np.testing.assert_allclose(reward.pool_scores(per_token, attn, response, "mean"), [2.5, 5.0])
-    with pytest.raises(ValueError, match="pooling"):
-        reward.pool_scores(per_token, attn, response, "max")
-
-
 def test_mean_pooled_reward_step_runs_and_learns_direction():
     mesh = _single_device_mesh()
-    state, shardings, graphdef = state_lib.init_train_state(tiny_reward_model, TX, mesh, seed=0)
-    loss = functools.partial(reward.reward_pair_loss, graphdef=graphdef, pooling="mean")
+    state, shardings, graphdef = init_state(tiny_reward_model, TX, mesh)
+    config = dataclasses.replace(RM, pooling="mean")
+    loss = functools.partial(reward.reward_pair_loss, graphdef=graphdef, config=config)
     step = state_lib.jit_train_step(loss, TX, shardings, mesh)
     batch = pair_batch(0)
     first = None

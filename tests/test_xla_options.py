@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from training_testing import pair_batch, sft_batch, tiny_lm, tiny_reward_model
+from training_testing import RM, init_state, pair_batch, sft_batch, tiny_lm, tiny_reward_model
 
 from rlhf_jax import sharding, xla_options
 from rlhf_jax.training import reward, sft
@@ -48,7 +48,7 @@ def _one_step(model_fn, loss_fn, batch, monkeypatch, switch):
     monkeypatch.setenv(xla_options.ENV_SWITCH, switch)
     mesh = sharding.make_mesh(sharding.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
     tx = optax.sgd(0.5)
-    state, shardings, graphdef = state_lib.init_train_state(model_fn, tx, mesh, seed=0)
+    state, shardings, graphdef = init_state(model_fn, tx, mesh)
     step = state_lib.jit_train_step(
         functools.partial(loss_fn, graphdef=graphdef), tx, shardings, mesh
     )
@@ -59,7 +59,10 @@ def _one_step(model_fn, loss_fn, batch, monkeypatch, switch):
 
 @pytest.mark.parametrize(
     "model_fn, loss_fn, batch_fn",
-    [(tiny_lm, sft.sft_loss, sft_batch), (tiny_reward_model, reward.reward_pair_loss, pair_batch)],
+    [
+        (tiny_lm, sft.sft_loss, sft_batch),
+        (tiny_reward_model, functools.partial(reward.reward_pair_loss, config=RM), pair_batch),
+    ],
     ids=["sft", "reward"],
 )
 def test_options_change_the_program_not_the_step(model_fn, loss_fn, batch_fn, monkeypatch):

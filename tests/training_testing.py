@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx
 
+from rlhf_jax import placement
 from rlhf_jax.data import window_indices
 from rlhf_jax.models import CausalLM, ModelConfig, ScalarModel
+from rlhf_jax.training import dpo, reward
+from rlhf_jax.training import state as state_lib
+
+# The loss functions' configs with the two-row (unpacked) pair forward, as in the reference
+# tests; the phases' default packs pairs (share_prompt=True).
+RM = reward.RewardLossConfig(share_prompt=False)
+DPO = dpo.DPOLossConfig(share_prompt=False)
 
 TINY = ModelConfig(
     model_type="llama",
@@ -78,3 +86,14 @@ def pair_batch(seed: int, batch: int = 8, length: int = 12, vocab: int = 64, pad
         mask[-padded_rows:] = 0
     out["example_mask_B"] = mask
     return out
+
+
+def init_state(model_fn, tx, mesh, *, seed=0, reference_fn=None):
+    """``(state, shardings, graphdef)``: ``model_fn()`` placed on ``mesh`` and its train state;
+    ``reference_fn()`` (a model), when given, supplies the frozen reference parameters."""
+    model = placement.place_module(model_fn, mesh)
+    reference = None
+    if reference_fn is not None:
+        reference = placement.place_module(reference_fn, mesh).params
+    state, shardings = state_lib.init_train_state(model, tx, seed=seed, frozen_extra=reference)
+    return state, shardings, model.graphdef

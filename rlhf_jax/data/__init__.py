@@ -9,7 +9,7 @@
     ...checkpoint batches.state() with the model; batches.restore(state) on resume.
 
 Sources: a local .json/.jsonl/.parquet file (by extension), a local directory, or an HF hub
-dataset name (`load_rows`).
+dataset name (`load_rows`). RL prompt sets: the "prompt" column of any of them (`load_prompts`).
 
 Formats, detected from the columns or named by ``DataConfig.format`` (details in
 `rlhf_jax.data.formats`):
@@ -54,6 +54,7 @@ from rlhf_jax.data.formats import KINDS, Record, detect_kind
 from rlhf_jax.data.iterator import BatchIterator, epoch_plan
 from rlhf_jax.data.loading import load_rows
 from rlhf_jax.data.pipeline import load_data, load_train_eval, make_iterator
+from rlhf_jax.data.prompts import load_prompts
 from rlhf_jax.data.report import REASONS, DataReport, RowError
 from rlhf_jax.data.split import train_eval_split
 
@@ -75,6 +76,7 @@ __all__ = [
     "epoch_plan",
     "fit_to_bucket",
     "load_data",
+    "load_prompts",
     "load_rows",
     "load_train_eval",
     "make_iterator",

@@ -43,21 +43,20 @@ from rlhf_jax.evaluation.monitors import (
     MonitorWarning,
     relative_change,
 )
-from rlhf_jax.evaluation.redteam import (
-    RedTeamResult,
-    Regression,
-    compare_scores,
-    load_prompts,
-    red_team,
-)
-from rlhf_jax.evaluation.report import (
-    Report,
+from rlhf_jax.evaluation.plots import (
     plot_length,
     plot_proxy_and_gold,
     plot_reward_vs_kl,
     plot_win_rates,
-    write_report,
 )
+from rlhf_jax.evaluation.redteam import (
+    RedTeamResult,
+    Regression,
+    compare_scores,
+    load_red_team_prompts,
+    red_team,
+)
+from rlhf_jax.evaluation.report import Report, write_report
 from rlhf_jax.evaluation.winrate import WinRate, wilson_interval, win_rate
 
 __all__ = [
@@ -83,7 +82,7 @@ __all__ = [
     "compare_scores",
     "correlation",
     "frontier",
-    "load_prompts",
+    "load_red_team_prompts",
     "pareto_frontier",
     "pearson",
     "plot_length",

@@ -26,7 +26,7 @@ import numpy as np
 from rlhf_jax.evaluation._checks import as_vector, same_length
 
 
-def load_prompts(path: str | Path) -> list[str]:
+def load_red_team_prompts(path: str | Path) -> list[str]:
     """Adversarial prompts from a file.
 
     ``.json``: a list of strings, or of objects with a "prompt" field; ``.jsonl``: one string
@@ -131,13 +131,14 @@ def red_team(
     score_after: Callable[[list[str]], object],
     tolerance: float = 0.0,
 ) -> RedTeamResult:
-    """Score the prompts (a list, or a file for ``load_prompts``) before and after training.
+    """Score the prompts (a list, or a file for ``load_red_team_prompts``) before and after
+    training.
 
     ``score_before(prompts) -> scores_P`` answers with the policy before training and judges
     the answers; ``score_after`` the same with the trained policy. Higher is better.
     """
     if isinstance(prompts, str | Path):
-        prompts = load_prompts(prompts)
+        prompts = load_red_team_prompts(prompts)
     prompts = list(prompts)
     if not prompts:
         raise ValueError("prompts is empty")

@@ -18,8 +18,8 @@ T time, D width, V vocabulary.
   incremental decoding against a preallocated `KVCache` (`model.init_cache(B, S)`), used by
   `rlhf_jax.generation`.
 - `ScalarModel` (reward model or separate critic): `model(...)` → per-token scalars (B, T);
-  `model.score(...)` → (B,) at each row's last valid token. `PolicyValueModel`: policy and value
-  head on one trunk, `model(...)` → (logits_BxTxV, values_BxT).
+  `model.score(...)` → (B,) at each row's last valid token (or averaged over the response,
+  `pool_scores`). `ScalarHead` alone is a value head on another model's hidden states.
 - Parameters are `nnx.Param`s whose `out_sharding` metadata holds logical axis names
   (`transformer.LOGICAL_AXES`: vocab, embed, heads, kv_heads, head_dim, mlp, positions) for the
   sharding rules to map onto mesh axes.
@@ -29,20 +29,15 @@ T time, D width, V vocabulary.
 """
 
 from rlhf_jax.models.config import ModelConfig, RopeScaling, from_hf_dict, to_hf_dict
-from rlhf_jax.models.heads import (
-    PolicyValueModel,
-    ScalarHead,
-    ScalarModel,
-    at_last_valid,
-    last_valid_index,
-)
+from rlhf_jax.models.heads import POOLINGS, ScalarHead, ScalarModel, at_last_valid, pool_scores
 from rlhf_jax.models.hf_io import (
-    CheckpointError,
+    has_score_head,
     load_config,
     load_pretrained,
     load_scalar_model,
     save_pretrained,
 )
+from rlhf_jax.models.tensor_files import CheckpointError
 from rlhf_jax.models.tokenizer import encode_prompts, load_tokenizer
 from rlhf_jax.models.transformer import (
     LOGICAL_AXES,
@@ -54,11 +49,11 @@ from rlhf_jax.models.transformer import (
 
 __all__ = [
     "LOGICAL_AXES",
+    "POOLINGS",
     "CausalLM",
     "CheckpointError",
     "KVCache",
     "ModelConfig",
-    "PolicyValueModel",
     "RopeScaling",
     "ScalarHead",
     "ScalarModel",
@@ -66,11 +61,12 @@ __all__ = [
     "at_last_valid",
     "encode_prompts",
     "from_hf_dict",
-    "last_valid_index",
+    "has_score_head",
     "load_config",
     "load_pretrained",
     "load_scalar_model",
     "load_tokenizer",
+    "pool_scores",
     "positions_from_mask",
     "save_pretrained",
     "to_hf_dict",

@@ -9,12 +9,15 @@ A scalar head maps each final hidden state to one number, s_t = wᵀh_t (+ b):
 - value function V(s_t): s at every token. Init w = 0, b = 0, so the first advantages are the
   returns themselves rather than noise from a random head.
 
-Two ways to hold a critic, both supported:
-- `PolicyValueModel`: policy LM and value head share one trunk (cheaper; the value loss then
-  also moves the policy's features).
+Two ways to hold a critic, both supported by PPO (`ppo.value_model`):
+- a `ScalarHead(kind="value")` alone on the policy's final hidden states (one trunk; the value
+  loss then also moves the policy's features);
 - `ScalarModel(kind="value")`: a separate critic with its own trunk, what the TL;DR PPO
-  reproductions found more stable; typically initialised from the reward model
-  (`ScalarModel.from_trunk(reward_model.trunk, ...)`) or from the SFT LM.
+  reproductions found more stable; typically initialised from the reward model's trunk or
+  from the SFT LM's.
+
+A sequence's reward is pooled from the per-token scores (`pool_scores`): at the last valid
+token (the standard; what HF's `*ForSequenceClassification` reads) or averaged over the response.
 
 Letters: B batch, T time, D model width, V vocabulary.
 """
@@ -27,10 +30,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlhf_jax.losses import last_valid_index, masked_mean
 from rlhf_jax.models.config import ModelConfig
-from rlhf_jax.models.transformer import CausalLM, Transformer
+from rlhf_jax.models.transformer import Transformer
 
 HeadKind = Literal["reward", "value"]
+POOLINGS = ("last", "mean")
 
 
 class ScalarHead(nnx.Module):
@@ -59,17 +64,27 @@ class ScalarHead(nnx.Module):
         return s
 
 
-def last_valid_index(mask_BxT):
-    """Index of each row's last True entry (0 for an all-False row); works for left or right
-    padding alike."""
-    t = mask_BxT.shape[1]
-    return jnp.max(jnp.where(mask_BxT.astype(bool), jnp.arange(t)[None, :], 0), axis=1)
-
-
 def at_last_valid(values_BxT, mask_BxT):
-    """values[b, last valid t] for each row, e.g. the sequence reward from per-token scores."""
-    idx_B = last_valid_index(mask_BxT)
+    """values[b, last valid t] for each row, e.g. the sequence reward from per-token scores.
+    Works for left or right padding alike (0 for a row with no valid token)."""
+    idx_B = last_valid_index(mask_BxT.astype(bool))
     return jnp.take_along_axis(values_BxT, idx_B[:, None], axis=1)[:, 0]
+
+
+def pool_scores(per_token_BxT, attn_mask_BxT, response_mask_BxT=None, pooling: str = "last"):
+    """One reward per sequence (B,) from per-token scores.
+
+    last: the score at the last valid token (the standard reward model);
+    mean: the mean score over the response tokens (``response_mask_BxT``) — a per-token
+          judgement averaged, easier to learn when the reward is a sum of local judgements.
+    """
+    if pooling == "last":
+        return at_last_valid(per_token_BxT, attn_mask_BxT)
+    if pooling == "mean":
+        if response_mask_BxT is None:
+            raise ValueError("reward pooling='mean' needs the response mask")
+        return masked_mean(per_token_BxT, response_mask_BxT.astype(bool), axis=-1)
+    raise ValueError(f"reward pooling={pooling!r}; expected one of {POOLINGS}")
 
 
 class ScalarModel(nnx.Module):
@@ -105,24 +120,16 @@ class ScalarModel(nnx.Module):
         )
         return self.head(h)
 
-    def score(self, tokens_BxT, *, positions_BxT, attn_mask_BxT):
-        """One score per sequence (B,), read at the last valid token of `attn_mask_BxT`."""
+    def score(
+        self,
+        tokens_BxT,
+        *,
+        positions_BxT,
+        attn_mask_BxT,
+        response_mask_BxT=None,
+        pooling: str = "last",
+    ):
+        """One score per sequence (B,), pooled from the per-token scores (`pool_scores`): by
+        default read at the last valid token of `attn_mask_BxT`."""
         s = self(tokens_BxT, positions_BxT=positions_BxT, attn_mask_BxT=attn_mask_BxT)
-        return at_last_valid(s, attn_mask_BxT)
-
-
-class PolicyValueModel(nnx.Module):
-    """Policy LM and value head on one shared trunk: one forward gives logits and values."""
-
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, lm: CausalLM | None = None):
-        """`lm`, when given, is used as is (it is not copied)."""
-        self.config = config
-        self.lm = lm if lm is not None else CausalLM(config, rngs=rngs)
-        self.value_head = ScalarHead(config, kind="value", rngs=rngs)
-
-    def __call__(self, tokens_BxT, *, positions_BxT, attn_mask_BxT):
-        """(logits_BxTxV float32, values_BxT float32)."""
-        h = self.lm.hidden_states(
-            tokens_BxT, positions_BxT=positions_BxT, attn_mask_BxT=attn_mask_BxT
-        )
-        return self.lm.logits(h), self.value_head(h)
+        return pool_scores(s, attn_mask_BxT, response_mask_BxT, pooling)

@@ -2,6 +2,7 @@
 
     load_pretrained(dir)          *ForCausalLM checkpoint → CausalLM
     load_scalar_model(dir, kind)  LM or *ForSequenceClassification checkpoint → ScalarModel
+    has_score_head(dir)           whether the checkpoint is a sequence classifier
     save_pretrained(model, dir)   CausalLM → *ForCausalLM; reward ScalarModel →
                                   *ForSequenceClassification (num_labels=1)
 
@@ -10,8 +11,8 @@ holds, and the two reshapes between them, so import and export cannot drift apar
 weights are (out, in); GPT-2's Conv1D weights are (in, out); GPT-2 fuses q|k|v along the output
 and GPT-NeoX interleaves them per head, (H, 3, K) along the output.
 
-Safetensors are read with a small reader of our own (header + `np.memmap`) because the
-`safetensors` numpy backend cannot read bfloat16.
+Safetensors are read by `tensor_files.TensorFiles` (the `safetensors` numpy backend cannot read
+bfloat16).
 """
 
 from __future__ import annotations
@@ -20,26 +21,20 @@ import dataclasses
 import json
 import os
 import re
-import struct
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import safetensors.numpy
 from flax import nnx
 
 from rlhf_jax.models.config import ModelConfig, from_hf_dict, to_hf_dict
 from rlhf_jax.models.heads import HeadKind, ScalarHead, ScalarModel
+from rlhf_jax.models.tensor_files import CheckpointError, TensorFiles
 from rlhf_jax.models.transformer import CausalLM
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory is missing a file or tensor, or a tensor has the wrong shape."""
-
 
 _ARCHITECTURES = {  # model_type → (causal LM class, sequence-classification class)
     "llama": ("LlamaForCausalLM", "LlamaForSequenceClassification"),
@@ -52,73 +47,6 @@ _PREFIX = {"llama": "model.", "qwen2": "model.", "gpt2": "transformer.", "gpt_ne
 _IGNORED = re.compile(
     r".*\.(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias|attention\.bias|attention\.masked_bias)$"
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading safetensors
-
-_ST_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_,
-}  # fmt: skip
-
-
-class _Checkpoint:
-    """Name → lazily memory-mapped tensor over one file or a sharded index."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        single = directory / "model.safetensors"
-        index = directory / "model.safetensors.index.json"
-        if single.exists():
-            files = [single]
-        elif index.exists():
-            weight_map = json.loads(index.read_text()).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise CheckpointError(f"{index}: no 'weight_map' object")
-            files = [directory / f for f in sorted(set(weight_map.values()))]
-            for f in files:
-                if not f.exists():
-                    raise CheckpointError(f"{index} names shard {f.name!r}, which does not exist")
-        else:
-            raise CheckpointError(
-                f"{directory}: neither model.safetensors nor model.safetensors.index.json found "
-                "(only safetensors checkpoints are supported)"
-            )
-        self.entries: dict[str, tuple[Path, int, dict]] = {}
-        for f in files:
-            with open(f, "rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(n))
-            for name, info in header.items():
-                if name != "__metadata__":
-                    self.entries[name] = (f, 8 + n, info)
-        self.used: set[str] = set()
-
-    def find(self, name: str, alternatives: tuple[str, ...] = ()) -> str | None:
-        for candidate in (name, *alternatives):
-            if candidate in self.entries:
-                return candidate
-        return None
-
-    def get(self, name: str, shape: tuple[int, ...], alternatives: tuple[str, ...] = ()):
-        found = self.find(name, alternatives)
-        if found is None:
-            raise CheckpointError(f"{self.directory}: tensor {name!r} is missing")
-        path, base, info = self.entries[found]
-        if tuple(info["shape"]) != tuple(shape):
-            raise CheckpointError(
-                f"{path}: tensor {found!r} has shape {tuple(info['shape'])}; the config implies "
-                f"{tuple(shape)}"
-            )
-        if info["dtype"] not in _ST_DTYPES:
-            raise CheckpointError(f"{path}: tensor {found!r} has unsupported dtype {info['dtype']}")
-        start, _ = info["data_offsets"]
-        self.used.add(found)
-        return np.memmap(
-            path, dtype=_ST_DTYPES[info["dtype"]], mode="r", offset=base + start, shape=tuple(shape)
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +205,7 @@ def load_config(path: str | os.PathLike, **overrides) -> tuple[ModelConfig, dict
     return from_hf_dict(raw, source=str(file), **overrides), raw
 
 
-def _fill(module, rules: list[_Rule], ckpt: _Checkpoint):
+def _fill(module, rules: list[_Rule], ckpt: TensorFiles):
     """Replaces parameters of `module` by the checkpoint's tensors, as `rules` say.
 
     Parameters no rule names must already be concrete (e.g. a freshly initialised head); the
@@ -306,7 +234,7 @@ def _fill(module, rules: list[_Rule], ckpt: _Checkpoint):
     return nnx.merge(graphdef, nnx.from_flat_state(new_flat))
 
 
-def _warn_unused(ckpt: _Checkpoint, expected_unused: tuple[str, ...] = ()):
+def _warn_unused(ckpt: TensorFiles, expected_unused: tuple[str, ...] = ()):
     unused = [
         n
         for n in ckpt.entries
@@ -330,12 +258,17 @@ def load_pretrained(
     config.
     """
     cfg, _ = load_config(path, dtype=dtype, param_dtype=param_dtype)
-    ckpt = _Checkpoint(Path(path))
+    ckpt = TensorFiles(Path(path))
     abstract = nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)))
     model = _fill(abstract, _trunk_rules(cfg) + _lm_head_rule(cfg), ckpt)
     # A tied checkpoint may still carry a copy of the head; a classifier carries `score`.
     _warn_unused(ckpt, ("lm_head.weight", "score.weight"))
     return model
+
+
+def has_score_head(path: str | os.PathLike) -> bool:
+    """Whether the HF checkpoint in `path` carries a `score` head (a sequence classifier)."""
+    return TensorFiles(Path(path)).find("score.weight") is not None
 
 
 def load_scalar_model(
@@ -354,7 +287,7 @@ def load_scalar_model(
     reward model; otherwise it is initialised for `kind` from `seed` (see `heads.py`).
     """
     cfg, _ = load_config(path, dtype=dtype, param_dtype=param_dtype)
-    ckpt = _Checkpoint(Path(path))
+    ckpt = TensorFiles(Path(path))
     use_score = not fresh_head and ckpt.find("score.weight") is not None
     abstract = nnx.eval_shape(lambda: ScalarModel(cfg, kind=kind, rngs=nnx.Rngs(0)))
     # Only the trunk stays abstract to be filled; the head is small and built for real, since

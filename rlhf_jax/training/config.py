@@ -1,10 +1,15 @@
-"""From an ml-collections ConfigDict (the edge) to the library's typed frozen dataclasses.
+"""The ml-collections ConfigDict edge: typed frozen dataclasses to ConfigDicts and back.
 
-    phase_config = build(PhaseConfig, config_dict.to_dict())
+    section = config_dict(DPOLossConfig(beta=0.2))            # a config file's section
+    phase_config = build(DPOPhaseConfig, config.to_dict())     # the library's typed config
 
-Nested dataclass fields are built recursively; an unknown key raises a ValueError naming its
-full path (``config.optimizer.learnig_rate``), so a typo on the command line never passes
-silently. Lists become tuples where the field is a tuple.
+A dataclass is the one place a field and its default are written (with a comment saying what
+it does): config files start their sections from `config_dict` of the dataclass and set only
+what a variant changes, so a new field needs no edit of any config file to be settable from
+the command line. `build` turns the ConfigDict back into the dataclasses; nested dataclass
+fields are built recursively, and an unknown key raises a ValueError naming its full path
+(``config.optimizer.learnig_rate``), so a typo on the command line never passes silently.
+Lists become tuples where the field is a tuple.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import types
 import typing
 from collections.abc import Mapping
 from typing import Any
+
+import ml_collections
 
 
 def _dataclass_in(annotation) -> type | None:
@@ -25,6 +32,37 @@ def _dataclass_in(annotation) -> type | None:
             if dataclasses.is_dataclass(arg):
                 return arg
     return None
+
+
+def _field_type(annotation) -> type | None:
+    """The type a command-line value of an optional field parses to (None: leave it as is)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _field_type(inner[0]) if len(inner) == 1 else None
+    if typing.get_origin(annotation) is typing.Literal:
+        return type(typing.get_args(annotation)[0])
+    return annotation if annotation in (int, float, str, bool) else None
+
+
+def config_dict(instance) -> ml_collections.ConfigDict:
+    """A ConfigDict of a dataclass instance's fields (nested dataclasses become sections).
+
+    A field that is None becomes a typed placeholder (``--config.x=1.5`` then parses as its
+    type); tuples stay tuples.
+    """
+    if not dataclasses.is_dataclass(instance) or isinstance(instance, type):
+        raise TypeError(f"config_dict takes a dataclass instance; got {instance!r}")
+    hints = typing.get_type_hints(type(instance))
+    out = ml_collections.ConfigDict()
+    for field in dataclasses.fields(instance):
+        value = getattr(instance, field.name)
+        if dataclasses.is_dataclass(value):
+            out[field.name] = config_dict(value)
+        elif value is None and (kind := _field_type(hints[field.name])) is not None:
+            out[field.name] = ml_collections.FieldReference(None, field_type=kind)
+        else:
+            out[field.name] = value
+    return out
 
 
 def build(cls: type, mapping: Mapping[str, Any] | None, path: str = "config"):

@@ -7,21 +7,27 @@ import sys
 from absl import logging as absl_logging
 
 from rlhf_jax import sharding
+from rlhf_jax.training import dpo, reward, sft
 from rlhf_jax.training.config import build
-from rlhf_jax.training.phase import PhaseConfig, run_phase
+from rlhf_jax.training.phase import Phase, run_phase
+
+PHASES: dict[str, Phase] = {p.name: p for p in (sft.PHASE, reward.PHASE, dpo.PHASE)}
 
 
 def run_from_config(config_dict, *, kind: str) -> dict:
-    """Initialises multi-host if configured, builds the typed config, runs the phase.
+    """Initialises multi-host if configured, builds the phase's typed config, runs the phase.
 
     Exits with status 0 after an interrupt (SIGTERM/SIGINT) that saved a checkpoint, so a
     scheduler that preempted the job can simply start it again to resume.
     """
+    if kind not in PHASES:
+        raise ValueError(f"unknown phase {kind!r}; expected one of {sorted(PHASES)}")
+    phase = PHASES[kind]
     # Orbax and JAX log every checkpoint step at INFO; the progress bar says what matters.
     absl_logging.set_verbosity(absl_logging.WARNING)
     sharding.initialize_distributed()
-    config = build(PhaseConfig, config_dict.to_dict())
-    result = run_phase(config, kind=kind)
+    config = build(phase.config_type, config_dict.to_dict())
+    result = run_phase(phase, config)
     if result["status"] == "interrupted":
         print(f"[{kind}] interrupted at step {result['step']}; rerun the same command to resume")
         sys.exit(0)

@@ -1,4 +1,14 @@
-"""A preference pair as one packed row: [chosen row | rejected response], the prompt computed once.
+"""A preference pair's one forward: packed as one row with the prompt computed once, or as two rows.
+
+    fwd = forward(apply, batch, share_prompt=True)   # apply(tokens, positions, attn, mask)
+    chosen_B, rejected_B = last_token(fwd)            # reward model: the score at each end
+    h_2BxWxD, targets, mask, lengths = response_hidden(fwd)   # DPO: what predicts each response
+
+`forward` packs when it can (``share_prompt`` and the window keys) and otherwise concatenates
+chosen and rejected on the batch axis; the readers return the same arrays either way, so the
+reward model and DPO never branch on the layout.
+
+The packed row: [chosen row | rejected response].
 
 Chosen and rejected share their prompt, and under causal attention the prompt's hidden states do
 not depend on what follows it, so they are the same in both rows. A pair batch (right-padded to
@@ -22,9 +32,16 @@ real pairs that break the first condition, so a hand-made batch cannot pass unno
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 
-from rlhf_jax.models.heads import last_valid_index
+from rlhf_jax import losses
+from rlhf_jax.losses import last_valid_index
+from rlhf_jax.models import at_last_valid
+from rlhf_jax.training import responses
 
 WINDOW_KEYS = (
     "chosen_window_BxW",
@@ -111,3 +128,82 @@ def pack(batch) -> dict:
         "rejected_mask_BxW": r_wmask,
         "unshared_prompts": jnp.sum(real & differ, dtype=jnp.float32),
     }
+
+
+def concat_pairs(batch, field: str):
+    """``chosen_<field>`` and ``rejected_<field>`` stacked on the batch axis (2B, ...)."""
+    return jnp.concatenate([batch[f"chosen_{field}"], batch[f"rejected_{field}"]], axis=0)
+
+
+Apply = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], jax.Array]
+
+
+class PairForward(NamedTuple):
+    """A pair batch's one forward, and what the readers need to find each side in it."""
+
+    out: jax.Array  # per-token outputs: (B, L, ...) packed, (2B, T, ...) concatenated
+    batch: dict  # the pair batch
+    packed: dict | None  # `pack`'s indices, or None for the concatenated rows
+    unshared_prompts: jax.Array | None  # () float32 with share_prompt (0 unpacked), else None
+
+
+def forward(apply: Apply, batch, *, share_prompt: bool) -> PairForward:
+    """Runs ``apply(tokens, positions, attn_mask, mask_BxTxT)`` once over both sides.
+
+    With ``share_prompt`` and the window keys: one packed row per pair (``mask_BxTxT`` the
+    pair's attention mask); else chosen and rejected concatenated (``mask_BxTxT`` None: causal).
+    """
+    if share_prompt and can_pack(batch):
+        p = pack(batch)
+        out = apply(p["tokens_BxL"], p["positions_BxL"], p["attn_mask_BxL"], p["mask_BxLxL"])
+        return PairForward(out, batch, p, p["unshared_prompts"])
+    out = apply(
+        concat_pairs(batch, "tokens_BxT"),
+        concat_pairs(batch, "positions_BxT"),
+        concat_pairs(batch, "attn_mask_BxT"),
+        None,
+    )
+    # The same outputs whichever path a batch takes (a batch without a window cannot pack).
+    unshared = jnp.zeros((), jnp.float32) if share_prompt else None
+    return PairForward(out, batch, None, unshared)
+
+
+def _split(x_2B, fwd: PairForward):
+    n = fwd.batch["chosen_tokens_BxT"].shape[0]
+    return x_2B[:n], x_2B[n:]
+
+
+def last_token(fwd: PairForward):
+    """(chosen_B, rejected_B): the output at each side's last valid token."""
+    if fwd.packed is not None:
+        at = lambda s: jnp.take_along_axis(fwd.out, fwd.packed[f"{s}_scores_at_B"][:, None], 1)
+        return at("chosen")[:, 0], at("rejected")[:, 0]
+    return _split(at_last_valid(fwd.out, concat_pairs(fwd.batch, "attn_mask_BxT")), fwd)
+
+
+def response_mean(fwd: PairForward):
+    """(chosen_B, rejected_B): the output averaged over each side's response tokens."""
+    if fwd.packed is not None:
+        mean = lambda s: losses.masked_mean(fwd.out, fwd.packed[f"{s}_response_BxL"], axis=-1)
+        return mean("chosen"), mean("rejected")
+    response = concat_pairs(fwd.batch, "loss_mask_BxT").astype(bool)
+    return _split(losses.masked_mean(fwd.out, response, axis=-1), fwd)
+
+
+def response_hidden(fwd: PairForward):
+    """(h (2B, N, D), targets (2B, N), mask (2B, N), lengths (2B,) float32): the outputs that
+    predict each response token, chosen rows first, and each response's length in tokens."""
+    if fwd.packed is not None:
+        p = fwd.packed
+        both = lambda key: jnp.concatenate([p[f"chosen_{key}"], p[f"rejected_{key}"]])
+        at = lambda s: jnp.take_along_axis(fwd.out, p[f"{s}_predictors_BxW"][..., None], 1)
+        mask = both("mask_BxW")
+        h = jnp.concatenate([at("chosen"), at("rejected")])
+        return h, both("targets_BxW"), mask, jnp.sum(mask, axis=-1, dtype=jnp.float32)
+    fields = ["tokens_BxT", "loss_mask_BxT"]
+    if "chosen_window_BxW" in fwd.batch:
+        fields += ["window_BxW", "window_mask_BxW"]  # only the responses' window of positions
+    rows = {field: concat_pairs(fwd.batch, field) for field in fields}
+    h, targets, mask = responses.response_hidden(fwd.out, rows)
+    lengths = jnp.sum(rows["loss_mask_BxT"][:, 1:], axis=-1, dtype=jnp.float32)
+    return h, targets, mask, lengths

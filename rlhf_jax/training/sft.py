@@ -5,39 +5,23 @@
 Batch keys (``rlhf_jax.data``; right-padded, static bucket length T):
     tokens_BxT, positions_BxT, attn_mask_BxT, loss_mask_BxT
 ``loss_mask`` marks the tokens to predict; logits at t predict token t + 1, hence the shift.
-With the optional window keys (``window_BxW``, ``window_mask_BxW``; `rlhf_jax.data.collate`) the
-LM head runs only at the W positions that predict response tokens: the same loss, and B×W
-rather than B×T vocabulary projections and log-softmaxes.
+With the optional window keys (``window_BxW``, ``window_mask_BxW``) the LM head runs only at
+the W positions that predict response tokens (`responses.response_logits`).
 The mean is over tokens of the whole (accumulated) batch, exactly: each micro-batch reports its
 token count as its weight.
+
+SFT has no options of its own: its run takes a plain `PhaseConfig`.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
-from flax import nnx
 
 from rlhf_jax import losses
-
-
-def response_logits(graphdef, params, rest, batch):
-    """(logits (B, N, V), targets (B, N), mask (B, N)): the LM's predictions of the response.
-
-    Without window keys N = T − 1: logits at positions 0..T−2 against tokens 1..T−1 under
-    ``loss_mask[:, 1:]``. With ``window_BxW`` N = W: the hidden states are gathered at
-    the window's positions first, so the LM head sees only those.
-    """
-    model = nnx.merge(graphdef, params, rest)
-    tokens = batch["tokens_BxT"]
-    h = model.hidden_states(
-        tokens, positions_BxT=batch["positions_BxT"], attn_mask_BxT=batch["attn_mask_BxT"]
-    )
-    window = batch.get("window_BxW")
-    if window is None:
-        return model.logits(h[:, :-1]), tokens[:, 1:], batch["loss_mask_BxT"][:, 1:]
-    h = jnp.take_along_axis(h, window[:, :, None], axis=1)
-    targets = jnp.take_along_axis(tokens, window + 1, axis=1)
-    return model.logits(h), targets, batch["window_mask_BxW"]
+from rlhf_jax.training.phase import Phase, PhaseConfig, PhaseInputs, PhaseParts
+from rlhf_jax.training.responses import response_logits
 
 
 def sft_loss(params, frozen, batch, rng, *, graphdef):
@@ -54,3 +38,10 @@ def sft_loss(params, frozen, batch, rng, *, graphdef):
         "token_accuracy": jnp.sum(correct, dtype=jnp.float32) / jnp.maximum(count, 1.0),
     }
     return nll, (count, metrics)
+
+
+def setup(inputs: PhaseInputs) -> PhaseParts:
+    return PhaseParts(loss_fn=functools.partial(sft_loss, graphdef=inputs.model.graphdef))
+
+
+PHASE = Phase(name="sft", config_type=PhaseConfig, data_kinds=("sft",), head="lm", setup=setup)

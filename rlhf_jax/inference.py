@@ -1,12 +1,14 @@
 """Using a trained policy or reward model outside training: sample, score, decode.
 
-Loads a phase artifact onto the mesh once and serves batched, jitted calls — what preference
-collection and evaluation need (rollouts during PPO live in ``training.ppo``).
+    policy = place_model("runs/sft/artifact", head="lm", mesh=mesh)   # rlhf_jax.placement
+    responses, masks = Sampler(policy, sampling)(prompts, prompt_masks, key)
+    scores = Scorer(reward_model, pooling="mean").reward(prompts, masks, responses, masks)
+
+A model placed on the mesh once serves batched, jitted calls — what preference collection and
+evaluation need (rollouts during PPO live in ``training.ppo``). Nothing here trains.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -16,44 +18,7 @@ from flax import nnx
 from rlhf_jax import losses, models
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.generation import SamplingConfig, sample
-from rlhf_jax.training import phase as phase_lib
-from rlhf_jax.training import state as state_lib
-from rlhf_jax.training.reward import score_sequences
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    graphdef: nnx.GraphDef
-    params: nnx.State
-    rest: nnx.State
-    config: models.ModelConfig
-    mesh: jax.sharding.Mesh
-
-    def merged(self):
-        return nnx.merge(self.graphdef, self.params, self.rest)
-
-
-def load_model(
-    source: phase_lib.ModelSource | str, *, kind: str, mesh, seed: int = 0
-) -> LoadedModel:
-    """A policy (``kind="sft"``) or reward model (``"reward"``) on ``mesh``, from a
-    ``ModelSource`` (HF checkpoint, artifact, or random init) or an artifact directory."""
-    if isinstance(source, str):
-        source = phase_lib.ModelSource(artifact=source, tokenizer="-")
-    cfg = phase_lib.source_model_config(source)
-    model_fn = lambda: phase_lib.build_module(kind, cfg, seed)
-    graphdef, abstract, abstract_rest = state_lib.split_model(nnx.eval_shape(model_fn))
-    sh = sharding_lib.state_shardings(abstract, mesh)
-    rest_sh = sharding_lib.state_shardings(abstract_rest, mesh)
-    params = phase_lib.source_params(kind, source, cfg, seed, abstract, sh)
-    if params is None:
-        init = jax.jit(lambda: state_lib.split_model(model_fn())[1:], out_shardings=(sh, rest_sh))
-        params, rest = init()
-    else:
-        # Only the non-parameter state: the random parameter init is dead code XLA removes
-        # (compiling it for a 0.5B model took 22 s on a CPU and 2.6 minutes on a GPU).
-        rest = jax.jit(lambda: state_lib.split_model(model_fn())[2], out_shardings=rest_sh)()
-    return LoadedModel(graphdef, params, rest, cfg, mesh)
+from rlhf_jax.placement import PlacedModel
 
 
 def _pad_rows(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:
@@ -68,7 +33,7 @@ def _pad_rows(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:
 class Sampler:
     """Batched sampling from a policy with a fixed SamplingConfig (one trace per batch shape)."""
 
-    def __init__(self, policy: LoadedModel, config: SamplingConfig, *, batch_size: int = 64):
+    def __init__(self, policy: PlacedModel, config: SamplingConfig, *, batch_size: int = 64):
         self.policy, self.config, self.batch_size = policy, config, batch_size
         model = policy.merged()
         self._graphdef, self._full = nnx.split(model)
@@ -94,7 +59,7 @@ class Scorer:
 
     def __init__(
         self,
-        model: LoadedModel,
+        model: PlacedModel,
         *,
         batch_size: int = 64,
         temperature: float = 1.0,
@@ -110,8 +75,12 @@ class Scorer:
         def reward(params, rest, p, pm, r, rm):
             tokens, attn, pos = seq(p, pm, r, rm)
             response = jnp.concatenate([jnp.zeros_like(pm), rm], axis=1)
-            return score_sequences(
-                model.graphdef, params, rest, tokens, pos, attn, response, pooling
+            return nnx.merge(model.graphdef, params, rest).score(
+                tokens,
+                positions_BxT=pos,
+                attn_mask_BxT=attn,
+                response_mask_BxT=response,
+                pooling=pooling,
             )
 
         def logprob(params, rest, p, pm, r, rm):

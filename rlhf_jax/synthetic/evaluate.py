@@ -17,13 +17,14 @@ import numpy as np
 
 from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import evaluation as ev
-from rlhf_jax.data import synthetic
-from rlhf_jax.policy_io import Scorer, load_model
+from rlhf_jax.inference import Scorer
+from rlhf_jax.placement import place_model
+from rlhf_jax.synthetic.task import SyntheticTask
 
 HISTORY_KEYS = ev.HistoryKeys(gold="objective/gold", length="response_length")
 
 
-def default_red_team_prompts(task: synthetic.SyntheticTask) -> list[str]:
+def default_red_team_prompts(task: SyntheticTask) -> list[str]:
     """The task's hardest cases: longest prompts, repeats, extremes of the alphabet."""
     c = task.config
     symbols = task.symbols
@@ -43,30 +44,32 @@ def _repeat(x, m):
 
 
 def evaluate(pipeline) -> dict:
+    """Judges every trained policy of ``pipeline`` (a `synthetic.pipeline.Pipeline` whose SFT
+    and reward phases are done) and writes ``evaluate/`` (report, plots, summary)."""
     c = pipeline.config
     task = pipeline.task
     out_dir = pipeline.path("evaluate")
     out_dir.mkdir(parents=True, exist_ok=True)
     prompts = task.prompts(c.evaluation.prompts, split="eval")
-    tokens, mask = pipeline._encode(prompts)
+    tokens, mask = pipeline.encode(prompts)
     m, t = c.evaluation.samples_per_prompt, c.ppo.temperature
     key = jax.random.key(c.seed + 202)
 
     sft_scorer = Scorer(
-        load_model(str(pipeline.path("sft", "artifact")), kind="sft", mesh=pipeline.mesh),
+        place_model(str(pipeline.path("sft", "artifact")), head="lm", mesh=pipeline.mesh),
         temperature=t,
         batch_size=256,
     )
     reward_dir = pipeline.path("reward", "artifact")
     reward_scorer = Scorer(
-        load_model(str(reward_dir), kind="reward", mesh=pipeline.mesh),
+        place_model(str(reward_dir), head="reward", mesh=pipeline.mesh),
         batch_size=256,
         pooling=ckpt_lib.read_artifact_meta(reward_dir).get("pooling") or "last",
     )
     gold_fn = jax.jit(task.gold_reward_tokens)
 
     def judge(phase: str, p_tok, p_mask, n: int, temperature: float, salt: int):
-        policy, sampler = pipeline._policy_sampler(phase, temperature=temperature)
+        policy, sampler = pipeline.policy_sampler(phase, temperature=temperature)
         p, pm = _repeat(p_tok, n), _repeat(p_mask, n)
         r, rm = sampler(p, pm, jax.random.fold_in(key, salt))
         gold = np.asarray(gold_fn(p, pm, r, rm), np.float64).reshape(-1, n)
@@ -110,11 +113,11 @@ def evaluate(pipeline) -> dict:
     )
 
     red_prompts = list(c.evaluation.red_team) or default_red_team_prompts(task)
-    red_tok, red_mask = pipeline._encode(red_prompts)
+    red_tok, red_mask = pipeline.encode(red_prompts)
 
     def greedy_gold(phase):
         def score(_prompts):
-            _, sampler = pipeline._policy_sampler(phase, temperature=0.0)
+            _, sampler = pipeline.policy_sampler(phase, temperature=0.0)
             r, rm = sampler(red_tok, red_mask, key)
             return np.asarray(gold_fn(red_tok, red_mask, r, rm), np.float64)
 

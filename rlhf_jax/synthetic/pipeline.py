@@ -25,26 +25,53 @@ from rlhf_jax import data as data_lib
 from rlhf_jax import evaluation as ev
 from rlhf_jax import models
 from rlhf_jax import sharding as sharding_lib
-from rlhf_jax.data import synthetic
 from rlhf_jax.generation import SamplingConfig
-from rlhf_jax.policy_io import Sampler, decode_responses, load_model
-from rlhf_jax.training import phase as phase_lib
+from rlhf_jax.inference import Sampler, decode_responses
+from rlhf_jax.logging import jsonable
+from rlhf_jax.placement import ModelSource, place_model
+from rlhf_jax.synthetic import evaluate as evaluate_lib
+from rlhf_jax.synthetic import task as task_lib
+from rlhf_jax.training import dpo as dpo_lib
 from rlhf_jax.training import ppo as ppo_lib
-from rlhf_jax.training import ppo_runner
-from rlhf_jax.training.state import OptimizerConfig
+from rlhf_jax.training import reward as reward_lib
+from rlhf_jax.training import sft as sft_lib
+from rlhf_jax.training.optimizer import OptimizerConfig
+from rlhf_jax.training.phase import Phase, run_phase
 
 PHASES = ("pretrain", "sft", "preferences", "reward", "ppo", "dpo", "evaluate")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class StageConfig:
-    """One supervised phase (pretrain, SFT, reward model, DPO)."""
+class Stage:
+    """How long and how fast one supervised phase trains. The pipeline supplies its model,
+    data and run directory; checkpoints every half and metrics every 1/20 of the run."""
 
     steps: int  # optimizer steps
     batch_size: int  # sequences (or pairs) per step
-    learning_rate: float  # peak learning rate
-    warmup_steps: int = 0  # linear warmup
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     examples: int = 0  # rows of data generated for the phase (pretrain corpus, demos)
+    eval_fraction: float = 0.0  # share of the phase's data held out for evaluation
+    grad_accum_steps: int = 1  # micro-batches per step
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PPOStage:
+    """How long PPO runs and on what; the algorithm's options are `PipelineConfig.ppo`."""
+
+    iterations: int = 100  # PPO iterations
+    prompts_per_iteration: int = 64  # prompts per iteration (× ppo.samples_per_prompt)
+    prompts: int = 4096  # size of the PPO prompt set (train split of the task)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Training:
+    """Each phase's training schedule."""
+
+    pretrain: Stage
+    sft: Stage
+    reward: Stage
+    dpo: Stage
+    ppo: PPOStage = dataclasses.field(default_factory=PPOStage)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -63,67 +90,27 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PipelineConfig:
+    """The pipeline's run. Each phase's options are that phase's own config, whole (the same
+    sections as its script's: ``reward``, ``dpo``, ``ppo``); ``train`` holds the schedules."""
+
     run_dir: str  # everything the run writes
-    task: synthetic.SyntheticTaskConfig = dataclasses.field(
-        default_factory=synthetic.SyntheticTaskConfig
+    task: task_lib.SyntheticTaskConfig = dataclasses.field(
+        default_factory=task_lib.SyntheticTaskConfig
     )
     model: models.ModelConfig  # base LM architecture (random init; vocab_size is the task's)
     bucket_lengths: tuple[int, ...] = (16, 24)  # static sequence lengths for the phases
-    pretrain: StageConfig
-    sft: StageConfig
+    train: Training
     preferences: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
-    reward: StageConfig
-    dpo: StageConfig
-    dpo_beta: float = 0.1  # DPO β
-    reward_pooling: str = "mean"  # reward model readout: "last" token or "mean" over response
+    reward: reward_lib.RewardLossConfig = dataclasses.field(
+        default_factory=reward_lib.RewardLossConfig
+    )
+    dpo: dpo_lib.DPOLossConfig = dataclasses.field(default_factory=dpo_lib.DPOLossConfig)
     ppo: ppo_lib.PPOConfig = dataclasses.field(default_factory=ppo_lib.PPOConfig)
-    ppo_iterations: int = 100  # PPO iterations
-    ppo_prompts_per_iteration: int = 64  # prompts per PPO iteration
-    ppo_train_prompts: int = 4096  # size of the PPO prompt set
     evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     mesh: sharding_lib.MeshConfig = dataclasses.field(default_factory=sharding_lib.MeshConfig)
     monitor: ev.MonitorConfig = dataclasses.field(default_factory=ev.MonitorConfig)
     seed: int = 0  # model init and sampling
     console: bool = True  # progress bars
-
-
-def _stage_phase_config(
-    config: PipelineConfig,
-    name: str,
-    stage: StageConfig,
-    *,
-    model,
-    data_path,
-    kind,
-    bucket_lengths=None,
-) -> phase_lib.PhaseConfig:
-    return phase_lib.PhaseConfig(
-        run_dir=str(pathlib.Path(config.run_dir) / name),
-        model=model,
-        data=data_lib.DataConfig(
-            path=data_path,
-            bucket_lengths=bucket_lengths or config.bucket_lengths,
-            batch_size=stage.batch_size,
-            seed=config.seed,
-            eval_fraction=0.1 if kind == "reward" else 0.0,
-        ),
-        optimizer=OptimizerConfig(
-            learning_rate=stage.learning_rate,
-            warmup_steps=stage.warmup_steps,
-            total_steps=stage.steps,
-            schedule="cosine",
-            end_lr_fraction=0.1,
-        ),
-        mesh=config.mesh,
-        checkpoint=ckpt_lib.CheckpointConfig(save_every=max(stage.steps // 2, 1), keep=1),
-        total_steps=stage.steps,
-        log_every=max(stage.steps // 20, 1),
-        seed=config.seed,
-        dpo=phase_lib.DPOLossConfig(beta=config.dpo_beta),
-        reward=phase_lib.RewardLossConfig(pooling=config.reward_pooling),
-        console=config.console,
-        tensorboard=True,
-    )
 
 
 class Pipeline:
@@ -133,7 +120,7 @@ class Pipeline:
         self.config = config
         self.root = pathlib.Path(config.run_dir).absolute()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.task = synthetic.SyntheticTask(config.task)
+        self.task = task_lib.SyntheticTask(config.task)
         self.tokenizer_dir = self.root / "tokenizer"
         if not (self.tokenizer_dir / "tokenizer.json").exists():
             self.task.write_tokenizer(self.tokenizer_dir)
@@ -145,9 +132,9 @@ class Pipeline:
         self.model_config = dataclasses.replace(
             config.model,
             vocab_size=self.task.vocab_size,
-            eos_token_ids=(synthetic.EOS_ID,),
-            pad_token_id=synthetic.PAD_ID,
-            bos_token_id=synthetic.BOS_ID,
+            eos_token_ids=(task_lib.EOS_ID,),
+            pad_token_id=task_lib.PAD_ID,
+            bos_token_id=task_lib.BOS_ID,
         )
 
     # -- helpers -------------------------------------------------------------------------------
@@ -159,71 +146,99 @@ class Pipeline:
             return self.path(phase, "DONE").exists()
         return ckpt_lib.artifact_exists(self.path(phase, "artifact"))
 
-    def _source(self, artifact_phase: str | None) -> phase_lib.ModelSource:
+    def _source(self, artifact_phase: str | None) -> ModelSource:
         if artifact_phase is None:
-            return phase_lib.ModelSource(init=self.model_config, tokenizer=str(self.tokenizer_dir))
-        return phase_lib.ModelSource(
+            return ModelSource(init=self.model_config, tokenizer=str(self.tokenizer_dir))
+        return ModelSource(
             artifact=str(self.path(artifact_phase, "artifact")), tokenizer=str(self.tokenizer_dir)
         )
 
     def _write_rows(self, name: str, rows) -> str:
         path = self.path("data", name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return synthetic.write_jsonl(path, rows)
+        return task_lib.write_jsonl(path, rows)
 
-    def _encode(self, prompts) -> tuple[np.ndarray, np.ndarray]:
+    def _run_phase(self, phase: Phase, name: str, stage: Stage, *, model, data_path, **extra):
+        """Runs ``phase`` with the schedule ``stage``; ``extra`` holds the phase's own config
+        section (``reward=``, ``dpo=``) and any data settings (``bucket_lengths=``)."""
+        c = self.config
+        buckets = extra.pop("bucket_lengths", c.bucket_lengths)
+        config = phase.config_type(
+            run_dir=str(self.path(name)),
+            model=model,
+            data=data_lib.DataConfig(
+                path=data_path,
+                bucket_lengths=buckets,
+                batch_size=stage.batch_size,
+                seed=c.seed,
+                eval_fraction=stage.eval_fraction,
+            ),
+            optimizer=stage.optimizer,
+            mesh=c.mesh,
+            checkpoint=ckpt_lib.CheckpointConfig(save_every=max(stage.steps // 2, 1), keep=1),
+            total_steps=stage.steps,
+            grad_accum_steps=stage.grad_accum_steps,
+            log_every=max(stage.steps // 20, 1),
+            seed=c.seed,
+            console=c.console,
+            tensorboard=True,
+            **extra,
+        )
+        return run_phase(phase, config)
+
+    def encode(self, prompts) -> tuple[np.ndarray, np.ndarray]:
+        """Prompt token ids and masks, left-padded to the task's longest prompt."""
         return models.encode_prompts(
             self.tokenizer, prompts, max_length=self.task.max_prompt_tokens
         )
 
+    def policy_sampler(self, phase: str, *, temperature: float, batch_size: int = 256):
+        """(the policy ``phase`` trained, a `Sampler` of it at ``temperature``)."""
+        policy = place_model(str(self.path(phase, "artifact")), head="lm", mesh=self.mesh)
+        sampling = SamplingConfig(
+            max_new_tokens=self.config.ppo.response_length,
+            temperature=temperature,
+            eos_ids=(task_lib.EOS_ID,),
+            pad_id=task_lib.PAD_ID,
+        )
+        return policy, Sampler(policy, sampling, batch_size=batch_size)
+
     # -- phases --------------------------------------------------------------------------------
     def pretrain(self):
         c = self.config
-        rows = self.task.pretraining_corpus(c.pretrain.examples)
+        rows = self.task.pretraining_corpus(c.train.pretrain.examples)
         path = self._write_rows("pretrain.jsonl", rows)
         # Pretraining texts hold several examples: one bucket fits the longest of them.
         longest = self.task.max_pretraining_tokens
         buckets = tuple(sorted({*(b for b in c.bucket_lengths if b < longest), longest}))
-        cfg = _stage_phase_config(
-            c,
+        return self._run_phase(
+            sft_lib.PHASE,
             "pretrain",
-            c.pretrain,
+            c.train.pretrain,
             model=self._source(None),
             data_path=path,
-            kind="sft",
             bucket_lengths=buckets,
         )
-        return phase_lib.run_phase(cfg, kind="sft")
 
     def sft(self):
         c = self.config
-        path = self._write_rows("demonstrations.jsonl", self.task.demonstrations(c.sft.examples))
-        cfg = _stage_phase_config(
-            c, "sft", c.sft, model=self._source("pretrain"), data_path=path, kind="sft"
+        rows = self.task.demonstrations(c.train.sft.examples)
+        path = self._write_rows("demonstrations.jsonl", rows)
+        return self._run_phase(
+            sft_lib.PHASE, "sft", c.train.sft, model=self._source("pretrain"), data_path=path
         )
-        return phase_lib.run_phase(cfg, kind="sft")
-
-    def _policy_sampler(self, phase: str, *, temperature: float, batch_size: int = 256):
-        policy = load_model(str(self.path(phase, "artifact")), kind="sft", mesh=self.mesh)
-        sampling = SamplingConfig(
-            max_new_tokens=self.config.ppo.response_length,
-            temperature=temperature,
-            eos_ids=(synthetic.EOS_ID,),
-            pad_id=synthetic.PAD_ID,
-        )
-        return policy, Sampler(policy, sampling, batch_size=batch_size)
 
     def preferences(self):
         """Pairs sampled from the SFT policy, labelled by the simulated raters."""
         c = self.config
         prompts = self.task.prompts(c.preferences.prompts, split="train")
-        tokens, mask = self._encode(prompts)
-        _, sampler = self._policy_sampler("sft", temperature=c.preferences.temperature)
+        tokens, mask = self.encode(prompts)
+        _, sampler = self.policy_sampler("sft", temperature=c.preferences.temperature)
         key = jax.random.key(c.seed + 101)
         a_tok, a_mask = sampler(tokens, mask, jax.random.fold_in(key, 0))
         b_tok, b_mask = sampler(tokens, mask, jax.random.fold_in(key, 1))
-        a_text, a_end = decode_responses(self.tokenizer, a_tok, a_mask, synthetic.EOS_ID)
-        b_text, b_end = decode_responses(self.tokenizer, b_tok, b_mask, synthetic.EOS_ID)
+        a_text, a_end = decode_responses(self.tokenizer, a_tok, a_mask, task_lib.EOS_ID)
+        b_text, b_end = decode_responses(self.tokenizer, b_tok, b_mask, task_lib.EOS_ID)
         # Pairs that carry no preference (identical) or that a rater could not read (no EOS,
         # an empty answer) are left out, and counted.
         keep, dropped = [], {"identical": 0, "no_eos": 0, "empty": 0}
@@ -256,47 +271,44 @@ class Pipeline:
         print(f"[preferences] {json.dumps(summary)}")
         return summary
 
-    def _on_preferences(self, kind: str):
+    def _on_preferences(self, phase: Phase, **section):
         """The reward or DPO phase: the SFT policy trained on the labelled pairs."""
-        c = self.config
-        cfg = _stage_phase_config(
-            c,
-            kind,
-            getattr(c, kind),
+        return self._run_phase(
+            phase,
+            phase.name,
+            getattr(self.config.train, phase.name),
             model=self._source("sft"),
             data_path=str(self.path("data", "preferences.jsonl")),
-            kind=kind,
+            **section,
         )
-        return phase_lib.run_phase(cfg, kind=kind)
 
     def reward(self):
-        return self._on_preferences("reward")
+        return self._on_preferences(reward_lib.PHASE, reward=self.config.reward)
 
     def dpo(self):
-        return self._on_preferences("dpo")
+        return self._on_preferences(dpo_lib.PHASE, dpo=self.config.dpo)
 
     def ppo(self, *, stop_after: int | None = None):
-        c = self.config
-        prompts = self.task.prompts(c.ppo_train_prompts, split="train")
+        c, stage = self.config, self.config.train.ppo
+        prompts = self.task.prompts(stage.prompts, split="train")
         path = self._write_rows("ppo_prompts.jsonl", [{"prompt": p} for p in prompts])
-        run = ppo_runner.PPORunConfig(
+        run = ppo_lib.PPORunConfig(
             run_dir=str(self.path("ppo")),
             policy=self._source("sft"),
             reward=self._source("reward"),
             prompts=path,
             prompt_length=self.task.max_prompt_tokens,
-            prompts_per_iteration=c.ppo_prompts_per_iteration,
-            iterations=c.ppo_iterations,
-            reward_norm_prompts=4 * c.ppo_prompts_per_iteration,
+            prompts_per_iteration=stage.prompts_per_iteration,
+            iterations=stage.iterations,
             ppo=c.ppo,
             mesh=c.mesh,
-            checkpoint=ckpt_lib.CheckpointConfig(save_every=max(c.ppo_iterations // 4, 1), keep=1),
-            log_every=max(c.ppo_iterations // 20, 1),
+            checkpoint=ckpt_lib.CheckpointConfig(save_every=max(stage.iterations // 4, 1), keep=1),
+            log_every=max(stage.iterations // 20, 1),
             seed=c.seed,
             console=c.console,
         )
         monitor = ev.HackingMonitor(c.monitor)
-        result = ppo_runner.run_ppo(
+        result = ppo_lib.run_ppo(
             run, gold_fn=self.task.gold_reward_tokens, monitor=monitor, stop_after=stop_after
         )
         history_path = self.path("ppo", "history.jsonl")
@@ -305,14 +317,12 @@ class Pipeline:
                 f.write(json.dumps(row) + "\n")
         summary_path = self.path("ppo", "monitors.json")
         previous = json.loads(summary_path.read_text()) if summary_path.exists() else []
-        previous.append(_jsonable(monitor.summary()))
+        previous.append(jsonable(monitor.summary()))
         summary_path.write_text(json.dumps(previous, indent=2))
         return result
 
     def evaluate(self):
-        from rlhf_jax.pipeline_eval import evaluate
-
-        return evaluate(self)
+        return evaluate_lib.evaluate(self)
 
     def run(self, *, stop_after_phase: str | None = None) -> dict[str, Any]:
         """Runs every unfinished phase; ``stop_after_phase`` ends the run after that one."""
@@ -336,17 +346,3 @@ class Pipeline:
             if phase == stop_after_phase:
                 return {"status": "stopped", "phase": phase, "results": results}
         return {"status": "finished", "results": results}
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return _jsonable(dataclasses.asdict(x))
-    if isinstance(x, np.generic | np.ndarray):
-        return x.tolist()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x

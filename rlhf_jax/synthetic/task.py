@@ -30,7 +30,7 @@ a different one with probability ``demo_corruption`` and sometimes a symbol too 
 few (``length_noise``), so an SFT policy lands in the middle of the gold scale. Train and eval
 prompts are split by a hash of the prompt text, so they are disjoint for every seed and size.
 
-Raters (`label_pairs`, Bradley–Terry; details in `rlhf_jax.data.synthetic_raters`): a rater
+Raters (`label_pairs`, Bradley–Terry; details in `rlhf_jax.synthetic.raters`): a rater
 prefers a to b with probability σ((u_a − u_b) / τ) where u = score + length_bias · M +
 agreement_bias · (response symbols equal to the prompt symbol at the same position). The score
 is r* for most raters; a ``disagreement`` share of raters ignore order, and a
@@ -48,12 +48,11 @@ import os
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from rlhf_jax.data import synthetic_raters
+from rlhf_jax.synthetic import gold, raters
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
@@ -132,7 +131,7 @@ class SyntheticTask:
         words = (*SPECIALS, SEPARATOR, *INSTRUCTIONS, *self.symbols)
         self.vocab: dict[str, int] = {w: i for i, w in enumerate(words)}
         self.vocab_size = len(words)
-        self.eos_id = EOS_ID
+        self.eos_id, self.pad_id = EOS_ID, PAD_ID
         # Per-token-id tables for the token-level gold reward: symbol rank or -1, and
         # instruction index or -1.
         self.symbol_value_V = np.full(self.vocab_size, -1, np.int32)
@@ -311,79 +310,16 @@ class SyntheticTask:
     def gold_reward(
         self, prompts: Sequence[str], responses: Sequence[str], *, ended=None
     ) -> np.ndarray:
-        """r* of each (prompt, response) pair, float64 (B,); formula in the module docstring.
-
-        A response string is whitespace-separated words, ended at the first "<eos>" word if
-        it has one. Strings are taken as finished responses (as in preference data, where EOS
-        is implied), unless ``ended`` (bool (B,)) says which ones reached EOS.
-        """
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        c = self.config
-        out = np.empty(len(prompts), np.float64)
-        for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
-            y = self.target(prompt)
-            z, has_eos = self.response_values(response)
-            finished = has_eos or (True if ended is None else bool(ended[i]))
-            credit = sum(
-                1.0 if zi == yi else c.near_miss_credit if zi >= 0 and abs(zi - yi) == 1 else 0.0
-                for zi, yi in zip(z, y, strict=False)
-            )
-            out[i] = 2.0 * credit / max(len(y), len(z)) - 1.0 - c.no_eos_penalty * (not finished)
-        return out
+        """r* of each (prompt, response) pair, float64 (B,) (`gold.gold_reward`)."""
+        return gold.gold_reward(self, prompts, responses, ended=ended)
 
     def gold_reward_tokens(
         self, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxR, response_mask_BxR
     ):
-        """r* from token ids, float32 (B,); jittable, and equal to `gold_reward` on the text.
-
-        Prompts may be left- or right-padded (masks are True at real tokens). The response is
-        its masked tokens up to the first EOS; a response with no EOS among its masked tokens
-        pays ``no_eos_penalty``. Non-symbol tokens in the response are wrong tokens.
-        """
-        c = self.config
-        p, r = prompt_ids_BxP.shape[1], response_ids_BxR.shape[1]
-        value_V, instruction_V = jnp.asarray(self.symbol_value_V), jnp.asarray(self.instruction_V)
-
-        x_BxP = jnp.where(prompt_mask_BxP, value_V[prompt_ids_BxP], -1)
-        x_BxP = _compact(x_BxP, x_BxP >= 0, fill=-1)  # symbols first, in order
-        len_B = jnp.sum(x_BxP >= 0, axis=-1)
-        instruction_B = jnp.max(
-            jnp.where(prompt_mask_BxP, instruction_V[prompt_ids_BxP], -1), axis=-1
+        """r* from token ids, float32 (B,); jittable (`gold.gold_reward_tokens`)."""
+        return gold.gold_reward_tokens(
+            self, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxR, response_mask_BxR
         )
-        pos_P = jnp.arange(p)
-        in_target_BxP = pos_P[None, :] < len_B[:, None]
-        reverse_idx_BxP = jnp.clip(len_B[:, None] - 1 - pos_P[None, :], 0, p - 1)
-        reversed_BxP = jnp.take_along_axis(x_BxP, reverse_idx_BxP, axis=-1)
-        big = self.vocab_size  # sorts pads (-1 → big) after every symbol
-        sorted_BxP = jnp.sort(jnp.where(x_BxP >= 0, x_BxP, big), axis=-1)
-        y_BxP = jnp.select(
-            [instruction_B[:, None] == 1, instruction_B[:, None] == 2],
-            [reversed_BxP, sorted_BxP],
-            x_BxP,
-        )
-        y_BxP = jnp.where(in_target_BxP, y_BxP, -1)
-
-        response_BxR = _compact(response_ids_BxR, response_mask_BxR, fill=PAD_ID)
-        num_valid_B = jnp.sum(response_mask_BxR, axis=-1)
-        pos_R = jnp.arange(r)
-        is_eos_BxR = (response_BxR == EOS_ID) & (pos_R[None, :] < num_valid_B[:, None])
-        has_eos_B = jnp.any(is_eos_BxR, axis=-1)
-        resp_len_B = jnp.where(has_eos_B, jnp.argmax(is_eos_BxR, axis=-1), num_valid_B)
-        z_BxR = value_V[response_BxR]
-
-        k = min(p, r)  # positions that can be scored: i < min(L, M) <= min(P, R)
-        y_BxK, z_BxK = y_BxP[:, :k], z_BxR[:, :k]
-        scored_BxK = (jnp.arange(k)[None, :] < jnp.minimum(len_B, resp_len_B)[:, None]) & (
-            z_BxK >= 0
-        )
-        credit_BxK = jnp.where(
-            z_BxK == y_BxK, 1.0, jnp.where(jnp.abs(z_BxK - y_BxK) == 1, c.near_miss_credit, 0.0)
-        )
-        credit_B = jnp.sum(jnp.where(scored_BxK, credit_BxK, 0.0), axis=-1)
-        denom_B = jnp.maximum(jnp.maximum(len_B, resp_len_B), 1).astype(jnp.float32)
-        penalty_B = jnp.where(has_eos_B, 0.0, c.no_eos_penalty)
-        return 2.0 * credit_B / denom_B - 1.0 - penalty_B
 
     # ---- response statistics and raters -------------------------------------------------------
 
@@ -410,7 +346,7 @@ class SyntheticTask:
         seed: int | None = None,
         rng: np.random.Generator | None = None,
     ) -> tuple[list[dict], dict]:
-        """Simulated raters label each pair: `synthetic_raters.label_pairs` has the details.
+        """Simulated raters label each pair: `raters.label_pairs` has the details.
 
         Randomness from ``rng``, else ``seed``, else the config's seed. Returns preference
         rows {"prompt", "chosen", "rejected"} and ``info`` (gold margins, label agreement
@@ -420,13 +356,4 @@ class SyntheticTask:
             rng = np.random.default_rng(
                 [self.config.seed, _STREAMS["labels"]] if seed is None else seed
             )
-        return synthetic_raters.label_pairs(self, prompts, responses_a, responses_b, rng=rng)
-
-
-def _compact(values_BxN, keep_BxN, *, fill):
-    """The kept entries of each row moved to its front in order; the rest set to ``fill``."""
-    order_BxN = jnp.argsort(~keep_BxN, axis=-1, stable=True)
-    moved_BxN = jnp.take_along_axis(values_BxN, order_BxN, axis=-1)
-    count_B = jnp.sum(keep_BxN, axis=-1)
-    inside_BxN = jnp.arange(values_BxN.shape[1])[None, :] < count_B[:, None]
-    return jnp.where(inside_BxN, moved_BxN, fill)
+        return raters.label_pairs(self, prompts, responses_a, responses_b, rng=rng)

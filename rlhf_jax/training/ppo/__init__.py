@@ -1,0 +1,53 @@
+"""PPO against a learned reward model, with a KL penalty to the reference policy and GAE
+(Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022), and the critic-free RLOO and
+GRPO on the same rollouts.
+
+One iteration, one file per concept:
+
+    config.py      PPOConfig (every implementation detail a field), PPOState, Statics
+    experience.py  rollout (sample) → score (log-probs, reference, values, reward, KL, GAE)
+    update.py      epochs × minibatches × micro-batches of the clipped losses, guarded
+    programs.py    the iteration as jitted programs (three, or one fused)
+    runner.py      run_ppo: the four models on the mesh, prompts, the shared loop
+"""
+
+from rlhf_jax.training.ppo.config import PPOConfig, PPOState, Statics
+from rlhf_jax.training.ppo.experience import (
+    episode_metrics,
+    has_eos,
+    raw_scores,
+    rollout,
+    score,
+    shape_scores,
+)
+from rlhf_jax.training.ppo.programs import build_iteration
+from rlhf_jax.training.ppo.runner import (
+    PPORunConfig,
+    PromptSampler,
+    fit_reward_normalisation,
+    init_ppo_state,
+    run_ppo,
+)
+from rlhf_jax.training.ppo.update import optimizers, policy_loss, update, value_loss
+
+__all__ = [
+    "PPOConfig",
+    "PPORunConfig",
+    "PPOState",
+    "PromptSampler",
+    "Statics",
+    "build_iteration",
+    "episode_metrics",
+    "fit_reward_normalisation",
+    "has_eos",
+    "init_ppo_state",
+    "optimizers",
+    "policy_loss",
+    "raw_scores",
+    "rollout",
+    "run_ppo",
+    "score",
+    "shape_scores",
+    "update",
+    "value_loss",
+]
