@@ -324,6 +324,7 @@ def test_fused_iteration_equals_the_three_programs(artifacts, tmp_path):
         for key in ("objective/scores", "loss/policy", "loss/value", "objective/kl"):
             np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
     _same(three["state"].policy, fused["state"].policy, rtol=1e-5, atol=1e-6)
+    assert fused["fns"]["fused"]._cache_size() == 1  # the second iteration reused the first's
 
 
 def _scores(artifacts, tmp_path, episodes=None, **overrides):

@@ -59,9 +59,12 @@ def build_iteration(
             donate_argnums=0,
             compiler_options=options,
         ),
+        # The state comes out in the shardings it goes in with, or the second call would see
+        # other input shardings and compile the whole iteration again.
         "fused": jax.jit(
             fused,
             in_shardings=(state_shardings, None, None),
+            out_shardings=(state_shardings, None, None, None),
             donate_argnums=0,
             compiler_options=options,
         ),
