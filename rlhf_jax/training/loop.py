@@ -93,10 +93,12 @@ class Run:
         console: bool = True,
         tensorboard: bool = True,
         show: tuple[str, ...] = ("loss",),
+        unit: str = "step",
     ):
         self.dir = pathlib.Path(run_dir).absolute()
         self.description = description
         self.total_steps = total_steps
+        self.unit = unit  # what a step is called in messages ("iteration" for PPO)
         self.writer = MetricWriter(
             self.dir / "logs",
             total_steps=total_steps,
@@ -125,7 +127,7 @@ class Run:
             return state, False
         state, data_state = self.checkpointer.restore(abstract_like(state, shardings))
         restore_data(data_state)
-        self.print(f"resumed from step {int(jax.device_get(state.step))}")
+        self.print(f"resumed from {self.unit} {int(jax.device_get(state.step))}")
         return state, True
 
     def loop(
@@ -139,13 +141,13 @@ class Run:
         eval_fn: Callable[[Any], dict] | None = None,
         eval_every: int = 0,
         stop_after: int | None = None,
-        unit: str = "step",
     ) -> tuple[Any, Status]:
         """Runs ``step_fn`` from ``state.step`` up to ``total_steps``; returns ``(state,
         status)``. ``data_state()`` reports the data position after the batches taken so far
         (saved with the state). ``stop_after`` ends the run early as if interrupted (tests
         use it to cut a run in the middle)."""
-        total, writer, checkpointer = self.total_steps, self.writer, self.checkpointer
+        total, unit = self.total_steps, self.unit
+        writer, checkpointer = self.writer, self.checkpointer
         guard = lambda s: check_finite(s, skip_nonfinite=skip_nonfinite, unit=unit)
         step = int(jax.device_get(state.step))
         status: Status = "finished"

@@ -316,6 +316,7 @@ def run_ppo(
         console=config.console,
         tensorboard=config.tensorboard,
         show=("objective/scores", "objective/kl", "objective/gold"),
+        unit="iteration",
     ) as run:
         state, resumed = run.resume(state, shardings, sampler.restore)
         if not resumed and config.ppo.normalize_reward:
@@ -342,7 +343,6 @@ def run_ppo(
             log_every=config.log_every,
             skip_nonfinite=config.skip_nonfinite,
             stop_after=stop_after,
-            unit="iteration",
         )
         iterations_done = int(jax.device_get(state.step))
         if status == "finished":
