@@ -183,6 +183,21 @@ def test_group_advantages_closed_forms():
         losses.group_advantages(jnp.ones((2, 2)), baseline="median")
 
 
+def test_batch_level_scaling_divides_by_the_batch_std():
+    rng = np.random.default_rng(3)
+    scores = rng.normal(0, 2, (4, 3)).astype(np.float32)
+    adv = losses.group_advantages(scores, std_over="batch")
+    s = scores.astype(np.float64)
+    want = (s - s.mean(1, keepdims=True)) / (s.std(ddof=1) + 1e-4)
+    np.testing.assert_allclose(adv, want, rtol=1e-5, atol=1e-6)
+    # A group that barely varies keeps small advantages (per-group scaling would blow them up).
+    flat = jnp.array([[1.0, 1.001], [0.0, 4.0]])
+    assert float(jnp.max(jnp.abs(losses.group_advantages(flat, std_over="batch")[0]))) < 0.01
+    assert float(jnp.max(jnp.abs(losses.group_advantages(flat)[0]))) > 0.5
+    with pytest.raises(ValueError, match="std_over"):
+        losses.group_advantages(flat, std_over="row")
+
+
 def test_advantages_trace_once_per_shape():
     gae = jax.jit(
         chex.assert_max_traces(lambda r, v, m: losses.gae(r, v, m, gamma=1, lam=0.95), n=1)

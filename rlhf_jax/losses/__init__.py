@@ -26,6 +26,11 @@ from rlhf_jax.losses.kl import (
 )
 from rlhf_jax.losses.logprobs import entropy_from_logits, sequence_logprobs
 from rlhf_jax.losses.ppo import explained_variance, ppo_policy_loss, value_loss
+from rlhf_jax.losses.ppo_variants import (
+    cispo_policy_loss,
+    gspo_policy_loss,
+    truncated_importance_weights,
+)
 from rlhf_jax.losses.reward import bradley_terry_loss, ranking_loss
 
 __all__ = [
@@ -37,11 +42,13 @@ __all__ = [
     "adaptive_kl_update",
     "aggregate",
     "bradley_terry_loss",
+    "cispo_policy_loss",
     "dpo_loss",
     "entropy_from_logits",
     "explained_variance",
     "gae",
     "group_advantages",
+    "gspo_policy_loss",
     "kl_penalty",
     "kl_shaped_rewards",
     "last_valid_index",
@@ -52,6 +59,7 @@ __all__ = [
     "ranking_loss",
     "sequence_logprobs",
     "simpo_loss",
+    "truncated_importance_weights",
     "value_loss",
     "whiten",
 ]

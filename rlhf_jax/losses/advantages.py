@@ -84,14 +84,18 @@ def group_advantages(
     *,
     baseline: Literal["mean", "rloo"] = "mean",
     normalize_std: bool = True,
+    std_over: Literal["group", "batch"] = "group",
     eps: float = 1e-4,
 ) -> jnp.ndarray:
     """Advantages from K samples of the same prompt, with no critic.
 
     mean (GRPO, Shao et al. 2024):   A_k = s_k − mean_j s_j
     rloo (Ahmadian et al. 2024):     A_k = s_k − mean_{j≠k} s_j = K/(K−1) · (s_k − mean_j s_j)
-    With ``normalize_std`` the advantages are divided by (std_k s + ε), the unbiased (K−1)
-    standard deviation of the group as in GRPO; Dr. GRPO (Liu et al. 2025) turns it off.
+    With ``normalize_std`` the advantages are divided by (std s + ε), the unbiased standard
+    deviation of the group as in GRPO (``std_over="group"``) or of the whole batch
+    (``"batch"``: batch-level reward scaling, which keeps a low-variance group's advantages
+    small; Hu 2025, REINFORCE++; TRL's ``scale_rewards="batch"``); Dr. GRPO (Liu et al. 2025)
+    turns it off.
 
     Returns ``advantages_BxK``.
     """
@@ -102,10 +106,15 @@ def group_advantages(
         raise ValueError(f"group_advantages needs K >= 2 samples per prompt; got K={num_samples}")
     if baseline not in ("mean", "rloo"):
         raise ValueError(f"baseline={baseline!r}; expected 'mean' or 'rloo'")
+    if std_over not in ("group", "batch"):
+        raise ValueError(f"std_over={std_over!r}; expected 'group' or 'batch'")
     scores = upcast(scores_BxK, compute_dtype(scores_BxK))
     centred = scores - jnp.mean(scores, axis=1, keepdims=True)
     advantages = centred * (num_samples / (num_samples - 1)) if baseline == "rloo" else centred
     if normalize_std:
-        std = jnp.std(scores, axis=1, keepdims=True, ddof=1)
+        if std_over == "group":
+            std = jnp.std(scores, axis=1, keepdims=True, ddof=1)
+        else:
+            std = jnp.std(scores, ddof=1)
         advantages = advantages / (std + eps)
     return advantages

@@ -5,6 +5,7 @@ Letters: B batch, T time (response tokens).
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from rlhf_jax.losses._masking import (
@@ -31,6 +32,7 @@ def ppo_policy_loss(
     aggregation: str = "token_mean",
     norm_constant: float | None = None,
     normalizer=None,
+    token_weights_BxT=None,
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """Clipped surrogate objective, as a loss to minimise.
 
@@ -43,7 +45,9 @@ def ppo_policy_loss(
     l_t = min(l_t, −c A_t) where A_t < 0.
 
     The per-token loss is reduced by ``aggregation`` (see ``aggregate``); ``normalizer``
-    overrides its denominator for exact gradient accumulation.
+    overrides its denominator for exact gradient accumulation. ``token_weights_BxT``
+    (stop-gradient; e.g. `truncated_importance_weights` of the sampler) multiply the per-token
+    loss.
 
     Returns ``(loss, metrics)``: clipfrac (tokens where the clipped term is active),
     approx_kl (k3 estimate of KL(π_old ‖ π) over valid tokens), ratio mean and max,
@@ -78,6 +82,10 @@ def ppo_policy_loss(
         dual_active = (adv < 0) & (loss_BxT > bound)
         loss_BxT = jnp.where(dual_active, bound, loss_BxT)
         metrics["dual_clipfrac"] = masked_mean(dual_active.astype(dtype), mask_BxT)
+    if token_weights_BxT is not None:
+        check_same_shape(logp_BxT=logp_BxT, token_weights_BxT=token_weights_BxT)
+        weights = sanitize(upcast(token_weights_BxT, dtype), mask_BxT)
+        loss_BxT = jax.lax.stop_gradient(weights) * loss_BxT
     loss, numerator, denominator = aggregate(
         loss_BxT, mask_BxT, mode=aggregation, norm_constant=norm_constant, normalizer=normalizer
     )
