@@ -18,7 +18,10 @@ from flax import nnx
 from rlhf_jax import losses, models
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.generation import SamplingConfig, sample
+from rlhf_jax.models.tokenizer import decode_responses
 from rlhf_jax.placement import PlacedModel
+
+__all__ = ["Sampler", "Scorer", "decode_responses"]
 
 
 def _pad_rows(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:
@@ -109,16 +112,3 @@ class Scorer:
 
     def logprob(self, p, pm, r, rm) -> np.ndarray:
         return self._run(self._logprob, p, pm, r, rm)
-
-
-def decode_responses(tokenizer, tokens_NxR, mask_NxR, eos_id: int) -> tuple[list[str], np.ndarray]:
-    """Response strings (tokens before EOS) and whether each reached EOS."""
-    texts, ended = [], []
-    for row, m in zip(tokens_NxR, mask_NxR, strict=True):
-        ids = [int(t) for t, keep in zip(row, m, strict=True) if keep]
-        done = eos_id in ids
-        if done:
-            ids = ids[: ids.index(eos_id)]
-        texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
-        ended.append(done)
-    return texts, np.asarray(ended)

@@ -54,7 +54,7 @@ from rlhf_jax.data.formats import KINDS, Record, detect_kind
 from rlhf_jax.data.iterator import BatchIterator, epoch_plan
 from rlhf_jax.data.loading import load_rows
 from rlhf_jax.data.pipeline import load_data, load_train_eval, make_iterator
-from rlhf_jax.data.prompts import load_prompts
+from rlhf_jax.data.prompts import PromptSet, load_prompt_rows, load_prompts
 from rlhf_jax.data.report import REASONS, DataReport, RowError
 from rlhf_jax.data.split import train_eval_split
 
@@ -68,6 +68,7 @@ __all__ = [
     "DataReport",
     "Example",
     "Fit",
+    "PromptSet",
     "Record",
     "RowError",
     "TokenizedDataset",
@@ -76,6 +77,7 @@ __all__ = [
     "epoch_plan",
     "fit_to_bucket",
     "load_data",
+    "load_prompt_rows",
     "load_prompts",
     "load_rows",
     "load_train_eval",

@@ -38,7 +38,12 @@ from rlhf_jax.models.hf_io import (
     save_pretrained,
 )
 from rlhf_jax.models.tensor_files import CheckpointError
-from rlhf_jax.models.tokenizer import encode_prompts, load_tokenizer
+from rlhf_jax.models.tokenizer import (
+    decode_responses,
+    encode_prompts,
+    fit_prompts,
+    load_tokenizer,
+)
 from rlhf_jax.models.transformer import (
     LOGICAL_AXES,
     CausalLM,
@@ -59,7 +64,9 @@ __all__ = [
     "ScalarModel",
     "Transformer",
     "at_last_valid",
+    "decode_responses",
     "encode_prompts",
+    "fit_prompts",
     "from_hf_dict",
     "has_score_head",
     "load_config",

@@ -37,6 +37,12 @@ def format_prompt(tokenizer, prompt: str | Messages) -> str:
     return prompt
 
 
+def _prompt_ids(tokenizer, prompt) -> list[int]:
+    text = format_prompt(tokenizer, prompt)
+    # A rendered chat template already holds its special tokens (e.g. BOS).
+    return tokenizer(text, add_special_tokens=not tokenizer.chat_template)["input_ids"]
+
+
 def encode_prompts(
     tokenizer, prompts: Sequence[str | Messages], *, max_length: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -46,12 +52,45 @@ def encode_prompts(
     """
     rows = []
     for i, prompt in enumerate(prompts):
-        text = format_prompt(tokenizer, prompt)
-        # A rendered chat template already holds its special tokens (e.g. BOS).
-        ids = tokenizer(text, add_special_tokens=not tokenizer.chat_template)["input_ids"]
+        ids = _prompt_ids(tokenizer, prompt)
         if len(ids) > max_length:
             raise ValueError(f"prompt {i} has {len(ids)} tokens; max_length is {max_length}")
         rows.append(ids)
+    return _left_padded(tokenizer, rows, max_length)
+
+
+def fit_prompts(
+    tokenizer, prompts: Sequence[str | Messages], *, max_length: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens_BxP, mask_BxP, kept_B): the prompts that fit in `max_length` tokens, encoded as
+    `encode_prompts` does, and which rows they are; the caller reports the ones left out."""
+    rows, kept = [], []
+    for i, prompt in enumerate(prompts):
+        ids = _prompt_ids(tokenizer, prompt)
+        if len(ids) <= max_length:
+            rows.append(ids)
+            kept.append(i)
+    tokens, mask = _left_padded(tokenizer, rows, max_length)
+    return tokens, mask, np.asarray(kept, np.int64)
+
+
+def decode_responses(
+    tokenizer, tokens_NxR, mask_NxR, eos_ids: int | Sequence[int]
+) -> tuple[list[str], np.ndarray]:
+    """Response strings (the tokens before the first EOS) and whether each reached EOS."""
+    eos = {eos_ids} if isinstance(eos_ids, int) else set(eos_ids)
+    texts, ended = [], []
+    for row, m in zip(np.asarray(tokens_NxR), np.asarray(mask_NxR), strict=True):
+        ids = [int(t) for t, keep in zip(row, m, strict=True) if keep]
+        stop = next((j for j, t in enumerate(ids) if t in eos), None)
+        if stop is not None:
+            ids = ids[:stop]
+        texts.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
+        ended.append(stop is not None)
+    return texts, np.asarray(ended)
+
+
+def _left_padded(tokenizer, rows: list[list[int]], max_length: int):
     tokens = np.full((len(rows), max_length), tokenizer.pad_token_id, np.int32)
     mask = np.zeros((len(rows), max_length), bool)
     for i, ids in enumerate(rows):

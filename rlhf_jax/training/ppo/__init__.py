@@ -5,14 +5,17 @@ GRPO on the same rollouts.
 One iteration, one file per concept:
 
     config.py      PPOConfig (every implementation detail a field), PPOState, Statics
-    experience.py  rollout (sample) → score (log-probs, reference, values, reward, KL, GAE)
-    update.py      epochs × minibatches × micro-batches of the clipped losses, guarded
+    prompts.py     the prompt set (too-long prompts counted, left out) and its sampler
+    experience.py  rollout (sample) → score (log-probs, reference, values, rewards, KL, GAE)
+    sampling.py    on the host between them: text reward functions, dynamic sampling
+    update.py      epochs × minibatches × micro-batches of the policy/value losses, guarded
     programs.py    the iteration as jitted programs (three, or one fused)
-    runner.py      run_ppo: the four models on the mesh, prompts, the shared loop
+    runner.py      run_ppo: the models on the mesh, prompts, rewards, the shared loop
 """
 
 from rlhf_jax.training.ppo.config import PPOConfig, PPOState, Statics
 from rlhf_jax.training.ppo.experience import (
+    combined_scores,
     episode_metrics,
     has_eos,
     raw_scores,
@@ -21,9 +24,9 @@ from rlhf_jax.training.ppo.experience import (
     shape_scores,
 )
 from rlhf_jax.training.ppo.programs import build_iteration
+from rlhf_jax.training.ppo.prompts import EncodedPrompts, PromptSampler, encode_prompt_file
 from rlhf_jax.training.ppo.runner import (
     PPORunConfig,
-    PromptSampler,
     fit_reward_normalisation,
     init_ppo_state,
     run_ppo,
@@ -31,12 +34,15 @@ from rlhf_jax.training.ppo.runner import (
 from rlhf_jax.training.ppo.update import optimizers, policy_loss, update, value_loss
 
 __all__ = [
+    "EncodedPrompts",
     "PPOConfig",
     "PPORunConfig",
     "PPOState",
     "PromptSampler",
     "Statics",
     "build_iteration",
+    "combined_scores",
+    "encode_prompt_file",
     "episode_metrics",
     "fit_reward_normalisation",
     "has_eos",

@@ -16,6 +16,7 @@ import jax
 from flax import nnx
 
 from rlhf_jax import losses
+from rlhf_jax.rewards import WeightedFunction
 from rlhf_jax.training.optimizer import OptimizerConfig
 
 
@@ -31,7 +32,7 @@ class PPOConfig:
     whiten_scores: bool = False  # whiten scores per batch without shifting the mean
     score_clip: float | None = None  # clip scores to ±score_clip after normalisation
     # KL to the reference (SFT) policy
-    kl_coef: float = 0.05  # β, initial value when adaptive
+    kl_coef: float | None = None  # β (initial, when adaptive); None: 0.05 with GAE, 0 for GRPO/RLOO
     kl_target: float | None = None  # adaptive controller target (Ziegler et al.: 6); None fixed
     kl_horizon: float = 10000  # adaptive controller horizon in episodes
     kl_estimator: str = "k1"  # k1 | k2 | k3 | abs, per token
@@ -41,13 +42,25 @@ class PPOConfig:
     value_model: Literal["separate", "shared"] = "separate"  # critic trunk: own, or the policy's
     value_init: Literal["reward", "policy"] = "reward"  # a separate critic's trunk starts from
     samples_per_prompt: int = 1  # K (rloo/grpo need K >= 2)
+    # GRPO's advantage scale: the group's std, the batch's std (REINFORCE++), or none (Dr. GRPO)
+    grpo_scale: Literal["group", "batch", "none"] = "group"
+    # DAPO's dynamic sampling (rloo/grpo): groups whose scores are all equal teach nothing;
+    # drop them and sample more prompts, up to max_sampling_rounds rollouts per iteration
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
     gamma: float = 1.0  # discount
     lam: float = 0.95  # GAE λ
     whiten_advantages: bool = True  # whiten advantages over the batch
     # Losses
+    # ppo: the clipped surrogate; gspo / gspo_token: sequence-level ratios (then set clip_eps
+    # ~3e-4); cispo: clipped importance weights, every token's gradient kept
+    policy_loss: Literal["ppo", "gspo", "gspo_token", "cispo"] = "ppo"
     clip_eps: float = 0.2  # policy ratio clip
     clip_eps_high: float | None = None  # asymmetric upper clip (DAPO); None = clip_eps
-    dual_clip: float | None = None  # dual-clip bound for negative advantages
+    dual_clip: float | None = None  # dual-clip bound for negative advantages (ppo)
+    # Truncated importance weights min(π_old / π_sampler, cap) per token (off-policy correction
+    # when the sampler's numerics differ from the trainer's); None: off
+    tis_cap: float | None = None
     value_clip_eps: float | None = 0.2  # value clip around the rollout values (None: off)
     vf_coef: float = 0.1  # value loss weight
     entropy_coef: float = 0.0  # entropy bonus weight
@@ -73,6 +86,21 @@ class PPOConfig:
         choice("value_init", ("reward", "policy"))
         choice("kl_estimator", losses.KL_ESTIMATORS)
         choice("aggregation", losses.AGGREGATIONS)
+        choice("grpo_scale", ("group", "batch", "none"))
+        choice("policy_loss", ("ppo", "gspo", "gspo_token", "cispo"))
+        if self.dynamic_sampling and self.uses_critic:
+            raise ValueError(
+                "ppo.dynamic_sampling drops groups of equal scores; it needs "
+                "advantage_estimator 'rloo' or 'grpo'"
+            )
+        if self.policy_loss == "gspo" and self.tis_cap is not None:
+            raise ValueError(
+                "ppo.tis_cap weights tokens; sequence-level GSPO has none (use gspo_token)"
+            )
+        if self.max_sampling_rounds < 1:
+            raise ValueError(
+                f"ppo.max_sampling_rounds must be >= 1; got {self.max_sampling_rounds}"
+            )
         if self.advantage_estimator != "gae" and self.samples_per_prompt < 2:
             raise ValueError(
                 f"ppo.advantage_estimator={self.advantage_estimator!r} needs "
@@ -87,6 +115,14 @@ class PPOConfig:
     @property
     def uses_critic(self) -> bool:
         return self.advantage_estimator == "gae"
+
+    @property
+    def initial_kl_coef(self) -> float:
+        """β: ``kl_coef``, or by default 0.05 with a critic and 0 for GRPO/RLOO (as the
+        critic-free literature now runs them)."""
+        if self.kl_coef is not None:
+            return self.kl_coef
+        return 0.05 if self.uses_critic else 0.0
 
     @property
     def shared_value_head(self) -> bool:
@@ -118,11 +154,14 @@ class PPOState:
 @dataclasses.dataclass(frozen=True)
 class Statics:
     """What an iteration's programs close over: the models' graphdefs, the token ids that
-    matter, and how the reward model pools its per-token scores."""
+    matter, and the reward's sources (the reward model, pooled how and weighted how; the
+    jittable reward functions)."""
 
     policy: nnx.GraphDef
     critic: nnx.GraphDef | None
-    reward: nnx.GraphDef
+    reward: nnx.GraphDef | None  # None: no reward model
     eos_ids: tuple[int, ...]
     pad_id: int
     reward_pooling: str = "last"
+    reward_weight: float = 1.0  # the reward model's weight in the score
+    token_rewards: tuple[WeightedFunction, ...] = ()  # reward functions on token ids

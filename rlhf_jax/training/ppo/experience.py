@@ -3,10 +3,11 @@
     rollout  sample N tokens per prompt with the policy at temperature T (fixed length: the
              response is cut after its first EOS and padded)
     score    re-score policy and reference log-probs (logits ÷ T, the sampling distribution),
-             critic values, reward-model score of each response (normalised with a gain and
-             bias fitted on SFT samples; a fixed score for responses with no EOS), per-token
-             rewards r_t = −β·KL_t (+ score at the last token), GAE (γ, λ) or group baselines,
-             and whitened advantages
+             critic values, each response's score — the weighted sum of the reward model's
+             (normalised with a gain and bias fitted on SFT samples), the jittable reward
+             functions' and the host's text functions' (computed between rollout and score);
+             a fixed score for responses with no EOS — per-token rewards r_t = −β·KL_t (+ score
+             at the last token), GAE (γ, λ) or group baselines, and whitened advantages
 
 Letters: B episodes (prompts × K samples), P prompt length (left-padded), N response length,
 L = P + N, D width, V vocabulary, K samples per prompt.
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rlhf_jax import losses
+from rlhf_jax import losses, rewards
 from rlhf_jax.generation import SamplingConfig, sample
 from rlhf_jax.models import positions_from_mask
 from rlhf_jax.training.ppo.config import PPOConfig, PPOState, Statics
@@ -59,9 +60,20 @@ def values(critic_params, frozen, tokens_BxL, attn_BxL, h_BxLxD, n, *, statics, 
     return values_BxL[:, -n - 1 : -1]
 
 
-def rollout(state: PPOState, prompt_BxP, prompt_mask_BxP, *, statics: Statics, config: PPOConfig):
-    """Samples responses; returns the episode batch (tokens and masks), no scores yet."""
+def rollout(
+    state: PPOState,
+    prompt_BxP,
+    prompt_mask_BxP,
+    round_index=None,
+    *,
+    statics: Statics,
+    config: PPOConfig,
+):
+    """Samples responses; returns the episode batch (tokens and masks), no scores yet.
+    ``round_index`` (dynamic sampling's later rollouts of one iteration) draws other samples."""
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    if round_index is not None:
+        key = jax.random.fold_in(key, round_index)
     policy = nnx.merge(statics.policy, state.policy, state.frozen["policy_rest"])
     graphdef, params = nnx.split(policy)
     gen = sample(
@@ -108,10 +120,43 @@ def has_eos(response_BxN, mask_BxN, eos_ids) -> jax.Array:
     return jnp.any(hit, axis=-1)
 
 
-def shape_scores(raw_B, eos_B, score_norm, *, config: PPOConfig):
-    """The scores PPO optimises: normalised (gain · (r − bias)), the missing-EOS score, then
-    optional whitening and clipping."""
-    scores = score_norm[0] * (raw_B - score_norm[1])
+def combined_scores(state: PPOState, episodes, host_scores_B, *, statics: Statics):
+    """``(score_B, raw reward-model score_B or None, each source's raw values by name)``:
+    w_model · gain · (r − bias) + Σ w_f · f over the jittable functions, + the host's sum."""
+    parts, total, raw = {}, None, None
+    add = lambda x: x if total is None else total + x
+    if statics.reward is not None:
+        raw = raw_scores(state.frozen, episodes, statics=statics)
+        parts[rewards.MODEL] = raw
+        normalised = state.score_norm[0] * (raw - state.score_norm[1])
+        total = add(
+            normalised if statics.reward_weight == 1.0 else statics.reward_weight * normalised
+        )
+    for wf in statics.token_rewards:
+        values = wf.function.fn(
+            episodes["prompt_BxP"],
+            episodes["prompt_mask_BxP"],
+            episodes["response_BxN"],
+            episodes["response_mask_BxN"],
+        )
+        b = episodes["response_BxN"].shape[0]
+        if jnp.shape(values) != (b,):
+            raise ValueError(f"reward function {wf.name!r} returned shape {jnp.shape(values)}; "
+                             f"expected ({b},)")  # fmt: skip
+        values = jnp.asarray(values, jnp.float32)
+        parts[wf.name] = values
+        total = add(values if wf.weight == 1.0 else wf.weight * values)
+    if host_scores_B is not None:
+        total = add(host_scores_B)
+    if total is None:
+        raise ValueError("PPO's score has no source: give a reward model or reward functions")
+    return total, raw, parts
+
+
+def shape_scores(scores_B, eos_B, *, config: PPOConfig):
+    """The scores PPO optimises: the combined score, the missing-EOS score, then optional
+    whitening and clipping."""
+    scores = scores_B
     if config.missing_eos_penalty is not None:
         scores = jnp.where(eos_B, scores, config.missing_eos_penalty)
     if config.whiten_scores:
@@ -121,8 +166,32 @@ def shape_scores(raw_B, eos_B, score_norm, *, config: PPOConfig):
     return scores
 
 
-def score(state: PPOState, episodes, *, statics: Statics, config: PPOConfig, gold_fn=None):
-    """Re-scores the episodes: log-probs, reference log-probs, values, rewards, advantages."""
+def group_advantage(rewards_BxN, mask, *, config: PPOConfig):
+    """RLOO/GRPO advantages: each episode's summed reward against its group's."""
+    k = config.samples_per_prompt
+    seq_reward = jnp.sum(rewards_BxN, axis=-1).reshape(-1, k)
+    grpo = config.advantage_estimator == "grpo"
+    scale = config.grpo_scale if grpo else "none"
+    seq_adv = losses.group_advantages(
+        seq_reward,
+        baseline="mean" if grpo else "rloo",
+        normalize_std=scale != "none",
+        std_over="batch" if scale == "batch" else "group",
+    ).reshape(-1)
+    return jnp.where(mask, seq_adv[:, None], 0.0)
+
+
+def score(
+    state: PPOState,
+    episodes,
+    host_scores_B=None,
+    *,
+    statics: Statics,
+    config: PPOConfig,
+    gold_fn=None,
+):
+    """Re-scores the episodes: log-probs, reference log-probs, values, rewards, advantages.
+    ``host_scores_B`` is the weighted sum of the text reward functions (None: there are none)."""
     tokens, attn = sequence(episodes)
     response, mask = episodes["response_BxN"], episodes["response_mask_BxN"]
     n, t = response.shape[1], config.temperature
@@ -132,9 +201,9 @@ def score(state: PPOState, episodes, *, statics: Statics, config: PPOConfig, gol
     ref_logp, _, _ = lm_logprobs(reference, tokens, attn, response, mask, t)
     entropy = losses.entropy_from_logits(logits, mask, temperature=t)
 
-    raw = raw_scores(state.frozen, episodes, statics=statics)
+    combined, raw, parts = combined_scores(state, episodes, host_scores_B, statics=statics)
     eos_B = has_eos(response, mask, statics.eos_ids)
-    scores = shape_scores(raw, eos_B, state.score_norm, config=config)
+    scores = shape_scores(combined, eos_B, config=config)
 
     shaped_coef = 0.0 if config.kl_in_loss else state.kl.coef
     rewards, kl = losses.kl_shaped_rewards(
@@ -147,13 +216,7 @@ def score(state: PPOState, episodes, *, statics: Statics, config: PPOConfig, gol
         v = v * mask
         advantages, returns = losses.gae(rewards, v, mask, gamma=config.gamma, lam=config.lam)
     else:
-        k = config.samples_per_prompt
-        seq_reward = jnp.sum(rewards, axis=-1).reshape(-1, k)
-        baseline = "rloo" if config.advantage_estimator == "rloo" else "mean"
-        seq_adv = losses.group_advantages(
-            seq_reward, baseline=baseline, normalize_std=config.advantage_estimator == "grpo"
-        ).reshape(-1)
-        advantages = jnp.where(mask, seq_adv[:, None], 0.0)
+        advantages = group_advantage(rewards, mask, config=config)
         v = returns = jnp.zeros_like(rewards)
     if config.whiten_advantages:
         advantages = losses.whiten(advantages, mask)
@@ -165,7 +228,8 @@ def score(state: PPOState, episodes, *, statics: Statics, config: PPOConfig, gol
         advantages_BxN=advantages,
         returns_BxN=returns,
         scores_B=scores,
-        raw_scores_B=raw,
+        raw_scores_B=combined if raw is None else raw,
+        reward_parts_B=parts,
         kl_BxN=kl,
         entropy_BxN=entropy,
         has_eos_B=eos_B,
@@ -194,6 +258,7 @@ def episode_metrics(state: PPOState, episodes, *, config: PPOConfig) -> dict:
         "kl_coef": state.kl.coef,
         "response_length": jnp.mean(episodes["lengths_B"].astype(jnp.float32)),
         "no_eos_fraction": 1.0 - jnp.mean(episodes["has_eos_B"].astype(jnp.float32)),
+        **{f"rewards/{k}/mean": jnp.mean(v) for k, v in episodes["reward_parts_B"].items()},
     }
     if "gold_B" in episodes:
         out["objective/gold"] = jnp.mean(episodes["gold_B"])

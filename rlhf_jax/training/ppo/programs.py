@@ -27,8 +27,9 @@ def build_iteration(
 ) -> dict[str, Callable]:
     """The jitted pieces of an iteration: "rollout", "score", "update" and "fused".
 
-    rollout(state, prompt_BxP, prompt_mask_BxP) -> episodes
-    score(state, episodes) -> (episodes, episode metrics, per-episode statistics)
+    rollout(state, prompt_BxP, prompt_mask_BxP[, round_index]) -> episodes
+    score(state, episodes, host_scores_B or None) -> (episodes, episode metrics, per-episode)
+    metrics(state, episodes) -> episode metrics                  (of an assembled batch)
     update(state, episodes) -> (state, update metrics)           (the state donated)
     fused(state, prompt_BxP, prompt_mask_BxP) -> (state, metrics, per-episode, responses)
     """
@@ -36,10 +37,13 @@ def build_iteration(
     s = functools.partial(experience.score, statics=statics, config=config, gold_fn=gold_fn)
     u = functools.partial(update, statics=statics, config=config, iterations=iterations)
 
-    def score_and_stats(state, episodes):
-        episodes = s(state, episodes)
+    def stats(state, episodes):
         per_episode = {k: episodes[k] for k in PER_EPISODE if k in episodes}
-        return episodes, experience.episode_metrics(state, episodes, config=config), per_episode
+        return experience.episode_metrics(state, episodes, config=config), per_episode
+
+    def score_and_stats(state, episodes, host_scores_B=None):
+        episodes = s(state, episodes, host_scores_B)
+        return episodes, *stats(state, episodes)
 
     def fused(state, prompt_BxP, prompt_mask_BxP):
         episodes, ep_metrics, per_episode = score_and_stats(
@@ -52,6 +56,7 @@ def build_iteration(
     return {
         "rollout": jax.jit(r, compiler_options=options),
         "score": jax.jit(score_and_stats, compiler_options=options),
+        "metrics": jax.jit(lambda state, episodes: stats(state, episodes)[0]),
         "update": jax.jit(
             u,
             in_shardings=(state_shardings, None),

@@ -1,15 +1,16 @@
-"""Running PPO end to end: models from the earlier phases, prompts, the shared loop.
+"""Running PPO (or GRPO, RLOO) end to end: the models, the prompts, the rewards, the loop.
 
     result = run_ppo(PPORunConfig(...), gold_fn=..., monitor=...)
 
-The four models share one mesh (`rlhf_jax.placement`): the policy (trained), the reference
-(frozen copy of the initial policy), the reward model (frozen) and the critic (trained;
-initialised from the reward model's trunk with a zero value head, or from the policy's trunk, or
-a value head alone on the policy's trunk). Each iteration is three compiled programs (rollout,
-score, update — timed separately) or one (``ppo.fuse_iteration``), driven by the loop every
-phase shares (`loop.Run`: resume, SIGTERM, checkpoints, the non-finite guard, metrics). A
-checkpoint holds the whole ``PPOState`` (policy, critic, both optimizers, KL controller, reward
-normalisation, rng) and the prompt position, so a resumed run continues exactly.
+The models share one mesh (`rlhf_jax.placement`): the policy (trained), the reference (frozen
+copy of the initial policy), the reward model (frozen; optional when reward functions give the
+score) and the critic (trained; from the reward model's trunk with a zero value head, from the
+policy's trunk, or a value head alone on the policy's trunk; none for GRPO/RLOO). Each
+iteration is three compiled programs (rollout, score, update — timed separately; text reward
+functions run on the host between rollout and score) or one (``ppo.fuse_iteration``), driven
+by the loop every phase shares (`loop.Run`: resume, SIGTERM, checkpoints, the non-finite guard,
+metrics). A checkpoint holds the whole ``PPOState`` and the prompt position, so a resumed run
+continues exactly.
 """
 
 from __future__ import annotations
@@ -26,16 +27,16 @@ import numpy as np
 from flax import nnx
 
 from rlhf_jax import checkpoint as ckpt_lib
-from rlhf_jax import data as data_lib
-from rlhf_jax import losses, models
+from rlhf_jax import losses, models, rewards
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.logging import to_floats
 from rlhf_jax.placement import ModelSource, copy_tree, place_model, place_module
 from rlhf_jax.training.loop import Run
 from rlhf_jax.training.optimizer import make_schedule
-from rlhf_jax.training.ppo import experience
+from rlhf_jax.training.ppo import experience, sampling
 from rlhf_jax.training.ppo.config import PPOConfig, PPOState, Statics
 from rlhf_jax.training.ppo.programs import build_iteration
+from rlhf_jax.training.ppo.prompts import PromptSampler, encode_prompt_file
 from rlhf_jax.training.ppo.update import optimizers
 from rlhf_jax.training.state import init_opt_state
 
@@ -44,10 +45,11 @@ from rlhf_jax.training.state import init_opt_state
 class PPORunConfig:
     run_dir: str  # checkpoints, logs and the final policy artifact
     policy: ModelSource  # the SFT policy (also the frozen reference)
-    reward: ModelSource  # the trained reward model
+    reward: ModelSource | None = None  # the reward model; None: reward functions only
+    rewards: rewards.RewardsConfig = dataclasses.field(default_factory=rewards.RewardsConfig)
     prompts: str  # a .json/.jsonl/.parquet file (or hub dataset) with a "prompt" column
     prompt_split: str = "train"  # its split
-    prompt_length: int = 32  # P: prompts are left-padded to this; longer ones raise
+    prompt_length: int = 32  # P: prompts are left-padded to this; longer ones are left out
     prompts_per_iteration: int = 64  # distinct prompts per iteration (× samples_per_prompt)
     iterations: int = 100  # PPO iterations (the optimizers' schedules span all of them)
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
@@ -61,55 +63,22 @@ class PPORunConfig:
     console: bool = True  # progress bar
     tensorboard: bool = True  # TensorBoard events
 
-
-class PromptSampler:
-    """Seeded, resumable prompt batches: an endless stream of per-epoch permutations.
-
-    Batch i is positions [i·B, (i+1)·B) of perm(seed, 0) ‖ perm(seed, 1) ‖ …; the state is one
-    integer. Each host takes its contiguous slice of every global batch.
-    """
-
-    def __init__(self, tokens_NxP, mask_NxP, *, batch_size: int, seed: int, repeat: int = 1):
-        if batch_size % jax.process_count():
+    def __post_init__(self):
+        functions = rewards.resolve_sources(self.rewards)
+        if self.reward is None and not functions:
+            raise ValueError("PPO needs a score: set reward (a reward model) or rewards.functions")
+        if self.reward is None and self.ppo.uses_critic and self.ppo.value_model == "separate":
+            if self.ppo.value_init == "reward":
+                raise ValueError(
+                    "ppo.value_init='reward' starts the critic from the reward model, and there "
+                    "is none: set ppo.value_init='policy' or give reward"
+                )
+        texts = [f.name for f in functions if f.function.kind == "text"]
+        if texts and self.ppo.fuse_iteration:
             raise ValueError(
-                f"prompts_per_iteration={batch_size} must divide by the {jax.process_count()} "
-                "processes"
+                f"ppo.fuse_iteration runs the iteration as one program, but the text reward "
+                f"functions {texts} run on the host between rollout and score"
             )
-        self.tokens, self.mask = tokens_NxP, mask_NxP
-        self.batch_size, self.seed, self.repeat = batch_size, seed, repeat
-        self.position = 0
-
-    def _indices(self, start: int, count: int) -> np.ndarray:
-        n = len(self.tokens)
-        out = []
-        while count > 0:
-            epoch, offset = divmod(start, n)
-            perm = np.random.default_rng([self.seed, epoch]).permutation(n)
-            take = perm[offset : offset + count]
-            out.append(take)
-            start += len(take)
-            count -= len(take)
-        return np.concatenate(out)
-
-    def next(self) -> tuple[np.ndarray, np.ndarray]:
-        idx = self._indices(self.position, self.batch_size)
-        self.position += self.batch_size
-        per_host = self.batch_size // jax.process_count()
-        idx = idx[jax.process_index() * per_host : (jax.process_index() + 1) * per_host]
-        # K samples per prompt sit next to each other (group baselines reshape to (B/K, K)).
-        idx = np.repeat(idx, self.repeat)
-        return self.tokens[idx], self.mask[idx]
-
-    def state(self) -> dict:
-        return {"position": self.position, "seed": self.seed, "num_prompts": len(self.tokens)}
-
-    def restore(self, state: dict) -> None:
-        if state["seed"] != self.seed or state["num_prompts"] != len(self.tokens):
-            raise ckpt_lib.CheckpointError(
-                f"prompt position saved for seed {state['seed']} over {state['num_prompts']} "
-                f"prompts; now seed {self.seed} over {len(self.tokens)}"
-            )
-        self.position = int(state["position"])
 
 
 def _critic(config: PPORunConfig, policy, reward, mesh):
@@ -129,12 +98,18 @@ def _critic(config: PPORunConfig, policy, reward, mesh):
     return place_module(critic, mesh, given={"trunk": trunk}, config=source.config)
 
 
+def _or_none(model, field):
+    return None if model is None else getattr(model, field)
+
+
 def init_ppo_state(config: PPORunConfig, mesh):
     """Builds the PPOState on the mesh (before reward normalisation); returns it with its
     shardings, the ``Statics``, the policy's model config and the tokenizer."""
     ppo = config.ppo
     policy = place_model(config.policy, head="lm", mesh=mesh, seed=config.seed)
-    reward = place_model(config.reward, head="reward", mesh=mesh, seed=config.seed)
+    reward = None
+    if config.reward is not None:
+        reward = place_model(config.reward, head="reward", mesh=mesh, seed=config.seed)
     critic = _critic(config, policy, reward, mesh)
     tokenizer = models.load_tokenizer(config.policy.tokenizer_path)
     policy_tx, critic_tx = optimizers(ppo, config.iterations)
@@ -144,20 +119,20 @@ def init_ppo_state(config: PPORunConfig, mesh):
         critic_opt, critic_opt_sh = init_opt_state(critic_tx, critic.params, critic.shardings, mesh)
     repl = sharding_lib.replicated(mesh)
     kl = losses.adaptive_kl_init(
-        init_coef=ppo.kl_coef, target=ppo.kl_target, horizon=ppo.kl_horizon
+        init_coef=ppo.initial_kl_coef, target=ppo.kl_target, horizon=ppo.kl_horizon
     )
     state = PPOState(
         step=jnp.zeros((), jnp.int32),
         policy=policy.params,
         policy_opt=policy_opt,
-        critic=None if critic is None else critic.params,
+        critic=_or_none(critic, "params"),
         critic_opt=critic_opt,
         frozen={
             "reference": copy_tree(policy.params),
             "policy_rest": policy.rest,
-            "reward": reward.params,
-            "reward_rest": reward.rest,
-            "critic_rest": None if critic is None else critic.rest,
+            "reward": _or_none(reward, "params"),
+            "reward_rest": _or_none(reward, "rest"),
+            "critic_rest": _or_none(critic, "rest"),
         },
         kl=kl,
         score_norm=jnp.array([1.0, 0.0], jnp.float32),
@@ -169,14 +144,14 @@ def init_ppo_state(config: PPORunConfig, mesh):
         step=repl,
         policy=policy.shardings,
         policy_opt=policy_opt_sh,
-        critic=None if critic is None else critic.shardings,
+        critic=_or_none(critic, "shardings"),
         critic_opt=critic_opt_sh,
         frozen={
             "reference": policy.shardings,
             "policy_rest": policy.rest_shardings,
-            "reward": reward.shardings,
-            "reward_rest": reward.rest_shardings,
-            "critic_rest": None if critic is None else critic.rest_shardings,
+            "reward": _or_none(reward, "shardings"),
+            "reward_rest": _or_none(reward, "rest_shardings"),
+            "critic_rest": _or_none(critic, "rest_shardings"),
         },
         kl=jax.tree.map(lambda _: repl, kl),
         score_norm=repl,
@@ -186,15 +161,18 @@ def init_ppo_state(config: PPORunConfig, mesh):
     )
     state = jax.device_put(state, shardings)
     pooling = "last"
-    if config.reward.origin == "artifact":
+    if config.reward is not None and config.reward.origin == "artifact":
         pooling = ckpt_lib.read_artifact_meta(config.reward.artifact).get("pooling") or "last"
+    functions = rewards.resolve_sources(config.rewards)
     statics = Statics(
         policy=policy.graphdef,
-        critic=None if critic is None else critic.graphdef,
-        reward=reward.graphdef,
+        critic=_or_none(critic, "graphdef"),
+        reward=_or_none(reward, "graphdef"),
         eos_ids=tuple(policy.config.eos_token_ids) or (tokenizer.eos_token_id,),
         pad_id=int(tokenizer.pad_token_id),
         reward_pooling=pooling,
+        reward_weight=config.rewards.model_weight,
+        token_rewards=tuple(f for f in functions if f.function.kind == "tokens"),
     )
     return state, shardings, statics, policy.config, tokenizer
 
@@ -212,10 +190,10 @@ def fit_reward_normalisation(state, fns, sampler: PromptSampler, num_prompts: in
         sampler.tokens, sampler.mask, batch_size=sampler.batch_size, seed=sampler.seed + 9973
     )
     for _ in range(rounds):
-        tokens, mask = probe.next()
+        tokens, mask, _ = probe.next()
         batch = sharding_lib.shard_batch({"t": tokens, "m": mask}, mesh)
         episodes = fns["rollout"](state, batch["t"], batch["m"])
-        scores.append(np.asarray(jax.device_get(raw(state, episodes))))
+        scores.append(sampling.to_host(raw(state, episodes)))
     scores = np.concatenate(scores)
     mean, std = float(scores.mean()), float(scores.std())
     gain = 1.0 / std if std > 1e-6 else 1.0
@@ -226,32 +204,64 @@ def fit_reward_normalisation(state, fns, sampler: PromptSampler, num_prompts: in
     }
 
 
-def _iteration_fn(fns, sampler: PromptSampler, mesh, config: PPORunConfig):
+def _iteration_fn(fns, sampler: PromptSampler, host_rewards, mesh, config: PPORunConfig):
     """The loop's step adapter: one iteration on the next prompts, its metrics as floats
     (with each program's time when the iteration runs as three)."""
-    schedule = make_schedule(
-        config.ppo.policy_optimizer, config.ppo.optimizer_steps(config.iterations)
-    )
-    updates_per_iteration = config.ppo.ppo_epochs * config.ppo.num_minibatches
-    episodes_per_iteration = config.prompts_per_iteration * config.ppo.samples_per_prompt
+    ppo = config.ppo
+    schedule = make_schedule(ppo.policy_optimizer, ppo.optimizer_steps(config.iterations))
+    updates_per_iteration = ppo.ppo_epochs * ppo.num_minibatches
+    episodes_per_iteration = config.prompts_per_iteration * ppo.samples_per_prompt
+
+    def experience_round(state, round_index=None):
+        p_tokens, p_mask, indices = sampler.next()
+        batch = sharding_lib.shard_batch({"t": p_tokens, "m": p_mask}, mesh)
+        if round_index is None:
+            episodes = fns["rollout"](state, batch["t"], batch["m"])
+        else:
+            episodes = fns["rollout"](state, batch["t"], batch["m"], jnp.int32(round_index))
+        episodes = jax.block_until_ready(episodes)
+        t_rollout = time.perf_counter()
+        host_scores, host_metrics = host_rewards(episodes, indices)
+        episodes, ep_metrics, per_episode = fns["score"](state, episodes, host_scores)
+        return episodes, ep_metrics, per_episode, host_metrics, t_rollout
+
+    def dynamic(state):
+        rounds, host_metrics = [], {}
+        for r in range(ppo.max_sampling_rounds):
+            episodes, _, per_episode, host_metrics, _ = experience_round(state, r)
+            scores = sampling.to_host(per_episode["scores_B"])
+            rounds.append((episodes, sampling.informative_groups(scores, ppo.samples_per_prompt)))
+            if sum(inf.sum() for _, inf in rounds) >= config.prompts_per_iteration:
+                break
+        episodes, info = sampling.assemble(
+            rounds, config.prompts_per_iteration, ppo.samples_per_prompt
+        )
+        per_episode = {k: episodes[k] for k in per_episode}
+        ep_metrics = {**fns["metrics"](state, episodes), **info}
+        return episodes, ep_metrics, per_episode, host_metrics
 
     def step(state):
         t0 = time.perf_counter()
-        p_tokens, p_mask = sampler.next()
-        batch = sharding_lib.shard_batch({"t": p_tokens, "m": p_mask}, mesh)
-        if config.ppo.fuse_iteration:
+        if ppo.fuse_iteration:
+            p_tokens, p_mask, _ = sampler.next()
+            batch = sharding_lib.shard_batch({"t": p_tokens, "m": p_mask}, mesh)
             state, metrics, per_episode, _ = fns["fused"](state, batch["t"], batch["m"])
             jax.block_until_ready(state.step)
             times = {"time/iteration": time.perf_counter() - t0}
         else:
-            episodes = jax.block_until_ready(fns["rollout"](state, batch["t"], batch["m"]))
-            t1 = time.perf_counter()
-            episodes, ep_metrics, per_episode = jax.block_until_ready(fns["score"](state, episodes))
+            if ppo.dynamic_sampling:
+                episodes, ep_metrics, per_episode, host_metrics = dynamic(state)
+                t1 = time.perf_counter()  # rollouts and scoring, all rounds
+            else:
+                episodes, ep_metrics, per_episode, host_metrics, t1 = experience_round(state)
+            episodes, ep_metrics, per_episode = jax.block_until_ready(
+                (episodes, ep_metrics, per_episode)
+            )
             t2 = time.perf_counter()
             state, up_metrics = fns["update"](state, episodes)
             jax.block_until_ready(state.step)
             t3 = time.perf_counter()
-            metrics = {**ep_metrics, **up_metrics}
+            metrics = {**ep_metrics, **up_metrics, **host_metrics}
             times = {
                 "time/rollout": t1 - t0,
                 "time/scoring": t2 - t1,
@@ -286,14 +296,18 @@ def run_ppo(
     """
     mesh = sharding_lib.make_mesh(config.mesh)
     state, shardings, statics, policy_cfg, tokenizer = init_ppo_state(config, mesh)
-    prompts = data_lib.load_prompts(config.prompts, split=config.prompt_split)
-    tokens, mask = models.encode_prompts(tokenizer, prompts, max_length=config.prompt_length)
+    prompts = encode_prompt_file(
+        tokenizer, config.prompts, split=config.prompt_split, max_length=config.prompt_length
+    )
     sampler = PromptSampler(
-        tokens,
-        mask,
+        prompts.tokens_NxP,
+        prompts.mask_NxP,
         batch_size=config.prompts_per_iteration,
         seed=config.seed,
         repeat=config.ppo.samples_per_prompt,
+    )
+    host_rewards = sampling.HostRewards(
+        rewards.resolve_sources(config.rewards), tokenizer, statics.eos_ids, prompts, mesh
     )
     fns = build_iteration(
         statics, config.ppo, shardings, iterations=config.iterations, gold_fn=gold_fn
@@ -302,6 +316,8 @@ def run_ppo(
         "phase": "ppo",
         "policy": policy_cfg.to_dict(),
         "ppo": dataclasses.asdict(config.ppo),
+        "rewards": dataclasses.asdict(config.rewards),
+        "reward_model": config.reward is not None,
         "prompts_per_iteration": config.prompts_per_iteration,
         "prompt_length": config.prompt_length,
         "seed": config.seed,
@@ -318,19 +334,21 @@ def run_ppo(
         show=("objective/scores", "objective/kl", "objective/gold"),
         unit="iteration",
     ) as run:
+        if prompts.num_dropped:
+            run.print(prompts.summary(config.prompts, config.prompt_length))
         state, resumed = run.resume(state, shardings, sampler.restore)
-        if not resumed and config.ppo.normalize_reward:
+        if not resumed and config.ppo.normalize_reward and statics.reward is not None:
             state, norm_info = fit_reward_normalisation(
                 state, fns, sampler, config.ppo.reward_norm_prompts, mesh, statics
             )
             mean, std = norm_info["reward_norm/raw_mean"], norm_info["reward_norm/raw_std"]
             run.print(f"reward normalisation on SFT samples: mean {mean:.4g}, std {std:.4g}")
-        iteration = _iteration_fn(fns, sampler, mesh, config)
+        iteration = _iteration_fn(fns, sampler, host_rewards, mesh, config)
 
         def step(state):
             state, row, per_episode = iteration(state)
             if monitor is not None:
-                stats = {k: np.asarray(v) for k, v in jax.device_get(per_episode).items()}
+                stats = {k: sampling.to_host(v) for k, v in per_episode.items()}
                 for warning in monitor.update(row["iteration"], _monitor_stats(row, stats)):
                     run.print(f"warning: {warning}")
             history.append(row)
@@ -357,6 +375,7 @@ def run_ppo(
         "tokenizer": tokenizer,
         "reward_norm": norm_info,
         "fns": fns,
+        "prompts": prompts,
     }
 
 

@@ -67,8 +67,31 @@ def value_terms(values_BxN, batch, *, config: PPOConfig):
     return config.vf_coef * loss, {**metrics, "vf_loss": loss}
 
 
+def surrogate(logp_BxN, batch, mask_BxN, *, config: PPOConfig):
+    """The policy objective of ``config.policy_loss`` (PPO's clipped surrogate, GSPO, GSPO-token
+    or CISPO), with truncated importance weights of the sampler when ``config.tis_cap``."""
+    weights = None
+    if config.tis_cap is not None:
+        weights = losses.truncated_importance_weights(
+            batch["old_logp_BxN"], batch["sample_logp_BxN"], mask_BxN, cap=config.tis_cap
+        )
+    args = (logp_BxN, batch["old_logp_BxN"], batch["advantages_BxN"], mask_BxN)
+    clip = dict(clip_eps=config.clip_eps, clip_eps_high=config.clip_eps_high)
+    reduce = dict(aggregation=config.aggregation, norm_constant=config.response_length)
+    if config.policy_loss == "gspo":
+        return losses.gspo_policy_loss(*args, **clip)
+    if config.policy_loss == "gspo_token":
+        return losses.gspo_policy_loss(
+            *args, **clip, **reduce, token_level=True, token_weights_BxT=weights
+        )
+    if config.policy_loss == "cispo":
+        return losses.cispo_policy_loss(*args, **clip, **reduce, token_weights_BxT=weights)
+    kwargs = {} if weights is None else {"token_weights_BxT": weights}
+    return losses.ppo_policy_loss(*args, **clip, **reduce, dual_clip=config.dual_clip, **kwargs)
+
+
 def policy_loss(params, frozen, batch, *, statics: Statics, config: PPOConfig):
-    """Clipped surrogate (+ entropy bonus, + KL when it is in the loss) of one micro-batch;
+    """The policy objective (+ entropy bonus, + KL when it is in the loss) of one micro-batch;
     with a shared-trunk value head, ``params`` is (policy, head) and the value loss is added.
     Returns ``(loss, (weight, metrics))``, the weight being the aggregation's denominator."""
     if config.shared_value_head:
@@ -79,17 +102,7 @@ def policy_loss(params, frozen, batch, *, statics: Statics, config: PPOConfig):
     logp, logits, hidden = experience.lm_logprobs(
         policy, tokens, attn, response, mask, config.temperature
     )
-    loss, metrics = losses.ppo_policy_loss(
-        logp,
-        batch["old_logp_BxN"],
-        batch["advantages_BxN"],
-        mask,
-        clip_eps=config.clip_eps,
-        clip_eps_high=config.clip_eps_high,
-        dual_clip=config.dual_clip,
-        aggregation=config.aggregation,
-        norm_constant=config.response_length,
-    )
+    loss, metrics = surrogate(logp, batch, mask, config=config)
     entropy = _aggregate(
         losses.entropy_from_logits(logits, mask, temperature=config.temperature), mask, config
     )
@@ -131,7 +144,8 @@ def update(state: PPOState, episodes, *, statics: Statics, config: PPOConfig, it
     policy_tx, critic_tx = optimizers(config, iterations)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     key = jax.random.fold_in(key, 1)
-    batch = {k: episodes[k] for k in TRAIN_KEYS}
+    keys = (*TRAIN_KEYS, "sample_logp_BxN") if config.tis_cap is not None else TRAIN_KEYS
+    batch = {k: episodes[k] for k in keys}
     b = batch["response_BxN"].shape[0]
     m, accum = config.num_minibatches, config.grad_accum_steps
     if b % (m * accum):
