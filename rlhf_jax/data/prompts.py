@@ -20,23 +20,28 @@ class PromptSet:
         return take(self.prompts), {k: take(v) for k, v in self.columns.items()}
 
 
-def load_prompt_rows(path: str, *, split: str = "train", cache_dir: str | None = None) -> PromptSet:
-    """The prompts of ``path``'s ``split`` in file order, with the rows' other columns.
+def load_prompt_rows(
+    path: str, *, split: str = "train", column: str = "prompt", cache_dir: str | None = None
+) -> PromptSet:
+    """The prompts (``column``, default "prompt") of ``path``'s ``split`` in file order, with
+    the rows' other columns.
 
-    Raises a ValueError naming the file when there is no "prompt" column, or naming the rows
-    whose prompt is empty.
+    Raises a ValueError naming the file when there is no such column, or naming the rows whose
+    prompt is empty.
     """
     rows = load_rows(path, split=split, cache_dir=cache_dir)
-    if "prompt" not in rows.column_names:
-        raise ValueError(f"{path}: RL prompts need a 'prompt' column; found {rows.column_names}")
-    prompts = rows["prompt"]
+    if column not in rows.column_names:
+        raise ValueError(f"{path}: RL prompts need a {column!r} column; found {rows.column_names}")
+    prompts = rows[column]
     empty = [i for i, p in enumerate(prompts) if not p]
     if empty:
         raise ValueError(f"{path}: rows {empty[:5]} have an empty prompt ({len(empty)} in all)")
-    columns = {c: rows[c] for c in rows.column_names if c != "prompt"}
+    columns = {c: rows[c] for c in rows.column_names if c != column}
     return PromptSet(list(prompts), columns)
 
 
-def load_prompts(path: str, *, split: str = "train", cache_dir: str | None = None) -> list:
+def load_prompts(
+    path: str, *, split: str = "train", column: str = "prompt", cache_dir: str | None = None
+) -> list:
     """The prompts alone (`load_prompt_rows`)."""
-    return load_prompt_rows(path, split=split, cache_dir=cache_dir).prompts
+    return load_prompt_rows(path, split=split, column=column, cache_dir=cache_dir).prompts

@@ -1,4 +1,4 @@
-"""The library entry point behind ``experiments/train_*.py``: ConfigDict in, phase run."""
+"""The library entry points behind ``experiments/train_*.py``: ConfigDict in, phase run."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rlhf_jax import sharding
 from rlhf_jax.training import dpo, reward, sft
 from rlhf_jax.training.config import build
 from rlhf_jax.training.phase import Phase, run_phase
+from rlhf_jax.training.ppo import PPORunConfig, run_ppo
 
 PHASES: dict[str, Phase] = {p.name: p for p in (sft.PHASE, reward.PHASE, dpo.PHASE)}
 
@@ -34,4 +35,22 @@ def run_from_config(config_dict, *, kind: str) -> dict:
     summary = {k: round(v, 4) for k, v in result.get("eval", {}).items()}
     print(f"[{kind}] finished {result['step']} steps; held-out: {summary or 'none'}")
     print(f"[{kind}] artifact: {config.run_dir}/artifact")
+    return result
+
+
+def run_ppo_from_config(config_dict) -> dict:
+    """``experiments/train_ppo.py``: PPO, GRPO or RLOO from a ConfigDict (as `run_from_config`
+    for the offline phases: multi-host, exit 0 after an interrupt that saved a checkpoint)."""
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    sharding.initialize_distributed()
+    config = build(PPORunConfig, config_dict.to_dict())
+    result = run_ppo(config)
+    if result["status"] == "interrupted":
+        step = result["iteration"]
+        print(f"[ppo] interrupted at iteration {step}; rerun the same command to resume")
+        sys.exit(0)
+    last = result["history"][-1] if result["history"] else {}
+    shown = {k: round(v, 4) for k, v in last.items() if k.startswith(("objective/", "rewards/"))}
+    print(f"[ppo] finished {result['iteration']} iterations; last: {shown or 'none'}")
+    print(f"[ppo] artifact: {config.run_dir}/artifact")
     return result

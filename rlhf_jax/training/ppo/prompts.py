@@ -34,8 +34,10 @@ class EncodedPrompts:
         )
 
 
-def encode_prompt_file(tokenizer, path: str, *, split: str, max_length: int) -> EncodedPrompts:
-    rows = data_lib.load_prompt_rows(path, split=split)
+def encode_prompt_file(
+    tokenizer, path: str, *, split: str, max_length: int, column: str = "prompt"
+) -> EncodedPrompts:
+    rows = data_lib.load_prompt_rows(path, split=split, column=column)
     tokens, mask, kept = models.fit_prompts(tokenizer, rows.prompts, max_length=max_length)
     if not len(kept):
         raise ValueError(

@@ -49,6 +49,7 @@ class PPORunConfig:
     rewards: rewards.RewardsConfig = dataclasses.field(default_factory=rewards.RewardsConfig)
     prompts: str  # a .json/.jsonl/.parquet file (or hub dataset) with a "prompt" column
     prompt_split: str = "train"  # its split
+    prompt_column: str = "prompt"  # the column holding the prompts (strings or chat messages)
     prompt_length: int = 32  # P: prompts are left-padded to this; longer ones are left out
     prompts_per_iteration: int = 64  # distinct prompts per iteration (× samples_per_prompt)
     iterations: int = 100  # PPO iterations (the optimizers' schedules span all of them)
@@ -297,7 +298,11 @@ def run_ppo(
     mesh = sharding_lib.make_mesh(config.mesh)
     state, shardings, statics, policy_cfg, tokenizer = init_ppo_state(config, mesh)
     prompts = encode_prompt_file(
-        tokenizer, config.prompts, split=config.prompt_split, max_length=config.prompt_length
+        tokenizer,
+        config.prompts,
+        split=config.prompt_split,
+        max_length=config.prompt_length,
+        column=config.prompt_column,
     )
     sampler = PromptSampler(
         prompts.tokens_NxP,

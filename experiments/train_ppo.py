@@ -1,0 +1,23 @@
+"""Runs RL (PPO, GRPO, RLOO) from a config file.
+
+    python experiments/train_ppo.py --config configs/ppo.py:smoke [--config.x.y=...]
+
+Multi-host: start one process per host with RLHF_JAX_COORDINATOR, RLHF_JAX_NUM_PROCESSES and
+RLHF_JAX_PROCESS_ID set (or on a cluster JAX detects by itself).
+"""
+
+from absl import app
+from ml_collections import config_flags
+
+from rlhf_jax.training.entry import run_ppo_from_config
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "RL config file.", lock_config=True)
+
+
+def main(argv):
+    del argv
+    run_ppo_from_config(_CONFIG.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
