@@ -82,6 +82,18 @@ def get_config(arg=None):
         policy_optimizer=OptimizerConfig(learning_rate=1e-4, schedule="constant", eps=1e-5),
         critic_optimizer=OptimizerConfig(learning_rate=1e-3, schedule="constant", eps=1e-5),
     )
+    # GRPO on the gold reward (a verifiable reward, no reward model): the group baseline
+    # replaces the critic; β = 0 by default; the gold reward itself punishes a missing EOS.
+    grpo = PPOConfig(
+        response_length=10,
+        temperature=1.0,
+        advantage_estimator="grpo",
+        samples_per_prompt=4,
+        missing_eos_penalty=None,
+        whiten_advantages=False,
+        normalize_reward=False,
+        policy_optimizer=OptimizerConfig(learning_rate=1e-4, schedule="constant", eps=1e-5),
+    )
     config = PipelineConfig(
         run_dir="runs/synthetic_smoke" if smoke else "runs/synthetic",
         task=SyntheticTaskConfig(rater_temperature=0.05),
@@ -97,12 +109,19 @@ def get_config(arg=None):
                 prompts_per_iteration=32 if smoke else 64,
                 prompts=512 if smoke else 8192,
             ),
+            # K = 4 samples of 16 prompts: PPO's 64 episodes per iteration.
+            grpo=PPOStage(
+                iterations=4 if smoke else 200,
+                prompts_per_iteration=8 if smoke else 16,
+                prompts=512 if smoke else 8192,
+            ),
         ),
         preferences=PreferenceConfig(prompts=256 if smoke else 16384, temperature=1.0),
         # The gold reward is a sum of per-token credits: a mean over the response learns it.
         reward=RewardLossConfig(pooling="mean"),
         dpo=DPOLossConfig(beta=0.1),
         ppo=ppo,
+        grpo=grpo,
         evaluation=EvalConfig(
             prompts=64 if smoke else 256,
             samples_per_prompt=16,

@@ -48,9 +48,10 @@ def test_smoke_pipeline_runs_resumes_and_reports(tmp_path):
     result = second.run()
     assert result["status"] == "finished"
     # The rerun started at PPO: the finished phases were skipped, not retrained.
-    assert set(result["results"]) == {"ppo", "dpo", "evaluate"}
+    assert set(result["results"]) == {"ppo", "grpo", "dpo", "evaluate"}
     summary = json.loads((tmp_path / "evaluate" / "summary.json").read_text())
-    assert set(summary["policies"]) == {"sft", "ppo", "dpo"}
+    assert set(summary["policies"]) == {"sft", "ppo", "dpo", "grpo"}
+    assert "grpo vs ppo" in summary["win_rates"]
     assert summary["policies"]["sft"]["kl"] == 0.0
     assert "ppo vs sft" in summary["win_rates"]
     report = (tmp_path / "evaluate" / "report.md").read_text()
@@ -80,3 +81,9 @@ def test_default_pipeline_ppo_improves_gold_over_sft_with_bounded_kl(default_run
 @pytest.mark.slow
 def test_default_pipeline_ppo_beats_sft_on_three_quarters_of_prompts(default_run):
     assert default_run["win_rates"]["ppo vs sft"]["rate"] >= 0.75
+
+
+@pytest.mark.slow
+def test_default_pipeline_grpo_on_the_gold_reward_wins_nine_in_ten(default_run):
+    # GRPO against the verifiable gold reward alone (no reward model), in less time than PPO.
+    assert default_run["win_rates"]["grpo vs sft"]["rate"] >= 0.9

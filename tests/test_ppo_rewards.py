@@ -94,13 +94,21 @@ def test_a_text_reward_that_fails_is_named_with_its_row(artifacts, tmp_path):  #
 
 def test_config_errors_name_the_fields(artifacts, tmp_path):  # noqa: F811
     base = _config(artifacts, tmp_path)
+    check = ppo_lib.runner.reward_sources
     with pytest.raises(ValueError, match=r"set reward .* or rewards\.functions"):
-        _with(base, reward=None)
+        check(_with(base, reward=None))
     with pytest.raises(ValueError, match="value_init='reward'"):
-        _with(base, reward=None, rewards=rewards.RewardsConfig(functions=("length_penalty",)))
+        check(
+            _with(base, reward=None, rewards=rewards.RewardsConfig(functions=("length_penalty",)))
+        )
     fused = dataclasses.replace(base.ppo, fuse_iteration=True)
     with pytest.raises(ValueError, match="fuse_iteration"):
-        _with(base, ppo=fused, rewards=rewards.RewardsConfig(functions=(f"{HERE}.broken",)))
+        check(_with(base, ppo=fused, rewards=rewards.RewardsConfig(functions=(f"{HERE}.broken",))))
+    # A reward function given as an object counts as a source.
+    length = rewards.WeightedFunction(rewards.resolve("length_penalty"), 1.0)
+    assert check(
+        _with(base, reward=None, ppo=dataclasses.replace(base.ppo, value_init="policy")), (length,)
+    )
     with pytest.raises(ValueError, match="dynamic_sampling"):
         ppo_lib.PPOConfig(dynamic_sampling=True)
     with pytest.raises(ValueError, match="gspo_token"):

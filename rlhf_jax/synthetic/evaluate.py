@@ -39,6 +39,30 @@ def default_red_team_prompts(task: SyntheticTask) -> list[str]:
     return [f"{instr} {' '.join(case)} =" for instr in c.instructions for case in cases]
 
 
+def _smoothed(history, key, window: int = 10) -> np.ndarray:
+    x = np.array([row[key] for row in history], np.float64)
+    return np.convolve(x, np.ones(window) / window, mode="valid") if len(x) >= window else x
+
+
+def _equal_kl(histories: dict) -> dict:
+    """GRPO on the gold reward against RM-based PPO at equal KL: each run's training gold and
+    KL averaged over 10 iterations; PPO's last, and GRPO's where its KL first reaches PPO's."""
+    if not {"ppo", "grpo"} <= set(histories) or not histories["ppo"]:
+        return {}
+    ppo_kl, ppo_gold = (
+        _smoothed(histories["ppo"], k)[-1] for k in ("objective/kl", "objective/gold")
+    )
+    kl, gold = (_smoothed(histories["grpo"], k) for k in ("objective/kl", "objective/gold"))
+    reached = np.flatnonzero(kl >= ppo_kl)
+    there = f"{gold[reached[0]]:.3f}" if len(reached) else "(never reached)"
+    return {
+        "KL of PPO's last 10 iterations": round(float(ppo_kl), 3),
+        "gold at that KL (10-iteration means): PPO on the RM / GRPO on gold": (
+            f"{ppo_gold:.3f} / {there}"
+        ),
+    }
+
+
 def _repeat(x, m):
     return np.repeat(x, m, axis=0)
 
@@ -86,8 +110,8 @@ def evaluate(pipeline) -> dict:
         return {"gold": gold, "proxy": proxy, "kl": kl, "length": lengths}
 
     results = {}
-    for salt, phase in enumerate(("sft", "ppo", "dpo")):
-        if pipeline.done(phase):
+    for salt, phase in enumerate(("sft", "ppo", "dpo", "grpo")):
+        if pipeline.enabled(phase) and pipeline.done(phase):
             results[phase] = judge(phase, tokens, mask, m, t, salt)
     summary = {
         phase: {
@@ -99,7 +123,7 @@ def evaluate(pipeline) -> dict:
         for phase, r in results.items()
     }
     win_rates = {}
-    for a, b in (("ppo", "sft"), ("dpo", "sft"), ("ppo", "dpo")):
+    for a, b in (("ppo", "sft"), ("dpo", "sft"), ("ppo", "dpo"), ("grpo", "sft"), ("grpo", "ppo")):
         if a in results and b in results:
             win_rates[f"{a} vs {b}"] = ev.win_rate(
                 results[a]["gold"].mean(axis=1), results[b]["gold"].mean(axis=1)
@@ -132,10 +156,12 @@ def evaluate(pipeline) -> dict:
             tolerance=0.05,
         )
 
-    history = []
-    history_path = pipeline.path("ppo", "history.jsonl")
-    if history_path.exists():
-        history = [json.loads(line) for line in history_path.read_text().splitlines()]
+    histories = {}
+    for phase in ("ppo", "grpo"):
+        history_path = pipeline.path(phase, "history.jsonl")
+        if history_path.exists():
+            lines = history_path.read_text().splitlines()
+            histories[phase] = [json.loads(line) for line in lines]
     monitors_path = pipeline.path("ppo", "monitors.json")
     monitors = json.loads(monitors_path.read_text())[-1] if monitors_path.exists() else None
     extra = [
@@ -156,10 +182,11 @@ def evaluate(pipeline) -> dict:
         **{f"gold reward, {k}": round(v["gold"], 4) for k, v in summary.items()},
         **{f"KL to SFT, {k}": round(v["kl"], 4) for k, v in summary.items()},
         **{f"time: {k} (s)": round(v, 1) for k, v in timings.items()},
+        **_equal_kl(histories),
     }
     report = ev.write_report(
         out_dir,
-        runs={"ppo": history} if history else {},
+        runs=histories,
         keys=HISTORY_KEYS,
         extra_points=extra,
         best_of_n=best_of_n,

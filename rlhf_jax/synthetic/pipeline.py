@@ -23,7 +23,7 @@ import numpy as np
 from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import data as data_lib
 from rlhf_jax import evaluation as ev
-from rlhf_jax import models
+from rlhf_jax import models, rewards
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.generation import SamplingConfig
 from rlhf_jax.inference import Sampler, decode_responses
@@ -38,7 +38,7 @@ from rlhf_jax.training import sft as sft_lib
 from rlhf_jax.training.optimizer import OptimizerConfig
 from rlhf_jax.training.phase import Phase, run_phase
 
-PHASES = ("pretrain", "sft", "preferences", "reward", "ppo", "dpo", "evaluate")
+PHASES = ("pretrain", "sft", "preferences", "reward", "ppo", "grpo", "dpo", "evaluate")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,6 +72,7 @@ class Training:
     reward: Stage
     dpo: Stage
     ppo: PPOStage = dataclasses.field(default_factory=PPOStage)
+    grpo: PPOStage = dataclasses.field(default_factory=PPOStage)  # iterations=0: no GRPO run
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -91,7 +92,8 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PipelineConfig:
     """The pipeline's run. Each phase's options are that phase's own config, whole (the same
-    sections as its script's: ``reward``, ``dpo``, ``ppo``); ``train`` holds the schedules."""
+    sections as its script's: ``reward``, ``dpo``, ``ppo``, and ``grpo`` for GRPO on the gold
+    reward); ``train`` holds the schedules."""
 
     run_dir: str  # everything the run writes
     task: task_lib.SyntheticTaskConfig = dataclasses.field(
@@ -106,6 +108,10 @@ class PipelineConfig:
     )
     dpo: dpo_lib.DPOLossConfig = dataclasses.field(default_factory=dpo_lib.DPOLossConfig)
     ppo: ppo_lib.PPOConfig = dataclasses.field(default_factory=ppo_lib.PPOConfig)
+    # GRPO on the gold reward alone (a verifiable reward), the comparison for RM-based PPO
+    grpo: ppo_lib.PPOConfig = dataclasses.field(
+        default_factory=lambda: ppo_lib.PPOConfig(advantage_estimator="grpo", samples_per_prompt=4)
+    )
     evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     mesh: sharding_lib.MeshConfig = dataclasses.field(default_factory=sharding_lib.MeshConfig)
     monitor: ev.MonitorConfig = dataclasses.field(default_factory=ev.MonitorConfig)
@@ -145,6 +151,10 @@ class Pipeline:
         if phase in ("preferences", "evaluate"):
             return self.path(phase, "DONE").exists()
         return ckpt_lib.artifact_exists(self.path(phase, "artifact"))
+
+    def enabled(self, phase: str) -> bool:
+        """GRPO is optional (``train.grpo.iterations=0`` leaves it out); every other phase runs."""
+        return phase != "grpo" or self.config.train.grpo.iterations > 0
 
     def _source(self, artifact_phase: str | None) -> ModelSource:
         if artifact_phase is None:
@@ -288,19 +298,20 @@ class Pipeline:
     def dpo(self):
         return self._on_preferences(dpo_lib.PHASE, dpo=self.config.dpo)
 
-    def ppo(self, *, stop_after: int | None = None):
-        c, stage = self.config, self.config.train.ppo
+    def _rl(self, name: str, stage: PPOStage, ppo, *, reward, reward_functions=(), stop_after=None):
+        """An RL phase (PPO or GRPO) from the SFT policy; its history and monitors are kept."""
+        c = self.config
         prompts = self.task.prompts(stage.prompts, split="train")
-        path = self._write_rows("ppo_prompts.jsonl", [{"prompt": p} for p in prompts])
+        path = self._write_rows(f"{name}_prompts.jsonl", [{"prompt": p} for p in prompts])
         run = ppo_lib.PPORunConfig(
-            run_dir=str(self.path("ppo")),
+            run_dir=str(self.path(name)),
             policy=self._source("sft"),
-            reward=self._source("reward"),
+            reward=reward,
             prompts=path,
             prompt_length=self.task.max_prompt_tokens,
             prompts_per_iteration=stage.prompts_per_iteration,
             iterations=stage.iterations,
-            ppo=c.ppo,
+            ppo=ppo,
             mesh=c.mesh,
             checkpoint=ckpt_lib.CheckpointConfig(save_every=max(stage.iterations // 4, 1), keep=1),
             log_every=max(stage.iterations // 20, 1),
@@ -309,17 +320,41 @@ class Pipeline:
         )
         monitor = ev.HackingMonitor(c.monitor)
         result = ppo_lib.run_ppo(
-            run, gold_fn=self.task.gold_reward_tokens, monitor=monitor, stop_after=stop_after
+            run,
+            gold_fn=self.task.gold_reward_tokens,
+            monitor=monitor,
+            stop_after=stop_after,
+            reward_functions=reward_functions,
         )
-        history_path = self.path("ppo", "history.jsonl")
-        with open(history_path, "a") as f:
+        with open(self.path(name, "history.jsonl"), "a") as f:
             for row in result["history"]:
                 f.write(json.dumps(row) + "\n")
-        summary_path = self.path("ppo", "monitors.json")
+        summary_path = self.path(name, "monitors.json")
         previous = json.loads(summary_path.read_text()) if summary_path.exists() else []
         previous.append(jsonable(monitor.summary()))
         summary_path.write_text(json.dumps(previous, indent=2))
         return result
+
+    def ppo(self, *, stop_after: int | None = None):
+        """PPO against the reward model (the proxy)."""
+        c = self.config
+        return self._rl(
+            "ppo", c.train.ppo, c.ppo, reward=self._source("reward"), stop_after=stop_after
+        )
+
+    def grpo(self, *, stop_after: int | None = None):
+        """GRPO against the gold reward itself, a verifiable reward: no reward model, no proxy
+        to game; what RL reaches when the reward is right."""
+        c = self.config
+        gold = rewards.RewardFunction("gold", "tokens", self.task.gold_reward_tokens)
+        return self._rl(
+            "grpo",
+            c.train.grpo,
+            c.grpo,
+            reward=None,
+            reward_functions=(rewards.WeightedFunction(gold, 1.0),),
+            stop_after=stop_after,
+        )
 
     def evaluate(self):
         return evaluate_lib.evaluate(self)
@@ -328,6 +363,8 @@ class Pipeline:
         """Runs every unfinished phase; ``stop_after_phase`` ends the run after that one."""
         results = {}
         for phase in PHASES:
+            if not self.enabled(phase):
+                continue
             if self.done(phase):
                 print(f"[pipeline] {phase}: done already, skipped")
             else:

@@ -64,22 +64,27 @@ class PPORunConfig:
     console: bool = True  # progress bar
     tensorboard: bool = True  # TensorBoard events
 
-    def __post_init__(self):
-        functions = rewards.resolve_sources(self.rewards)
-        if self.reward is None and not functions:
-            raise ValueError("PPO needs a score: set reward (a reward model) or rewards.functions")
-        if self.reward is None and self.ppo.uses_critic and self.ppo.value_model == "separate":
-            if self.ppo.value_init == "reward":
-                raise ValueError(
-                    "ppo.value_init='reward' starts the critic from the reward model, and there "
-                    "is none: set ppo.value_init='policy' or give reward"
-                )
-        texts = [f.name for f in functions if f.function.kind == "text"]
-        if texts and self.ppo.fuse_iteration:
+
+def reward_sources(config: PPORunConfig, extra=()) -> tuple[rewards.WeightedFunction, ...]:
+    """The configured reward functions and ``extra`` ones (callables a program passes in),
+    checked against the rest of the config."""
+    functions = (*rewards.resolve_sources(config.rewards), *extra)
+    ppo = config.ppo
+    if config.reward is None and not functions:
+        raise ValueError("PPO needs a score: set reward (a reward model) or rewards.functions")
+    if config.reward is None and ppo.uses_critic and ppo.value_model == "separate":
+        if ppo.value_init == "reward":
             raise ValueError(
-                f"ppo.fuse_iteration runs the iteration as one program, but the text reward "
-                f"functions {texts} run on the host between rollout and score"
+                "ppo.value_init='reward' starts the critic from the reward model, and there "
+                "is none: set ppo.value_init='policy' or give reward"
             )
+    texts = [f.name for f in functions if f.function.kind == "text"]
+    if texts and ppo.fuse_iteration:
+        raise ValueError(
+            f"ppo.fuse_iteration runs the iteration as one program, but the text reward "
+            f"functions {texts} run on the host between rollout and score"
+        )
+    return functions
 
 
 def _critic(config: PPORunConfig, policy, reward, mesh):
@@ -103,10 +108,12 @@ def _or_none(model, field):
     return None if model is None else getattr(model, field)
 
 
-def init_ppo_state(config: PPORunConfig, mesh):
+def init_ppo_state(config: PPORunConfig, mesh, *, reward_functions=()):
     """Builds the PPOState on the mesh (before reward normalisation); returns it with its
-    shardings, the ``Statics``, the policy's model config and the tokenizer."""
+    shardings, the ``Statics``, the policy's model config and the tokenizer.
+    ``reward_functions`` (`rewards.WeightedFunction`) join the configured ones."""
     ppo = config.ppo
+    functions = reward_sources(config, reward_functions)
     policy = place_model(config.policy, head="lm", mesh=mesh, seed=config.seed)
     reward = None
     if config.reward is not None:
@@ -164,7 +171,6 @@ def init_ppo_state(config: PPORunConfig, mesh):
     pooling = "last"
     if config.reward is not None and config.reward.origin == "artifact":
         pooling = ckpt_lib.read_artifact_meta(config.reward.artifact).get("pooling") or "last"
-    functions = rewards.resolve_sources(config.rewards)
     statics = Statics(
         policy=policy.graphdef,
         critic=_or_none(critic, "graphdef"),
@@ -288,15 +294,21 @@ def run_ppo(
     gold_fn: Callable | None = None,
     monitor=None,
     stop_after: int | None = None,
+    reward_functions: tuple[rewards.WeightedFunction, ...] = (),
 ) -> dict[str, Any]:
     """Runs (or resumes) PPO; returns the per-iteration history and the final state.
 
     ``gold_fn(prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN) -> gold_B`` (jittable)
     adds ``objective/gold`` where a gold reward exists; ``monitor`` (an
-    ``rlhf_jax.evaluation.HackingMonitor``) sees every iteration's per-episode statistics.
+    ``rlhf_jax.evaluation.HackingMonitor``) sees every iteration's per-episode statistics;
+    ``reward_functions`` are reward functions given as objects (e.g. a task's verifiable
+    reward) beside the configured ones.
     """
     mesh = sharding_lib.make_mesh(config.mesh)
-    state, shardings, statics, policy_cfg, tokenizer = init_ppo_state(config, mesh)
+    state, shardings, statics, policy_cfg, tokenizer = init_ppo_state(
+        config, mesh, reward_functions=reward_functions
+    )
+    functions = reward_sources(config, reward_functions)
     prompts = encode_prompt_file(
         tokenizer,
         config.prompts,
@@ -311,9 +323,7 @@ def run_ppo(
         seed=config.seed,
         repeat=config.ppo.samples_per_prompt,
     )
-    host_rewards = sampling.HostRewards(
-        rewards.resolve_sources(config.rewards), tokenizer, statics.eos_ids, prompts, mesh
-    )
+    host_rewards = sampling.HostRewards(functions, tokenizer, statics.eos_ids, prompts, mesh)
     fns = build_iteration(
         statics, config.ppo, shardings, iterations=config.iterations, gold_fn=gold_fn
     )
@@ -322,6 +332,7 @@ def run_ppo(
         "policy": policy_cfg.to_dict(),
         "ppo": dataclasses.asdict(config.ppo),
         "rewards": dataclasses.asdict(config.rewards),
+        "reward_functions": [(f.name, f.weight) for f in functions],
         "reward_model": config.reward is not None,
         "prompts_per_iteration": config.prompts_per_iteration,
         "prompt_length": config.prompt_length,
