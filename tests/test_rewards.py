@@ -81,5 +81,7 @@ def test_sources_sum_with_weights_and_name_bad_rows():
             rewards.score_texts([wf], ["p", "q"], ["a", "b"], {}, rows=[3, 7])
     with pytest.raises(ValueError, match="weights"):
         rewards.RewardsConfig(functions=("exact_match",), weights=(1.0, 2.0))
-    with pytest.raises(ValueError, match=r"not rewards\.functions"):
-        rewards.RewardsConfig(kwargs={"format_match": {}})
+    with pytest.raises(ValueError, match=r"neither in rewards\.functions nor registered"):
+        rewards.RewardsConfig(kwargs={"format_mach": {}})
+    # Options of a registered function that is not listed are kept for when it is.
+    assert rewards.RewardsConfig(kwargs={"format_match": {"pattern": "x"}}).kwargs

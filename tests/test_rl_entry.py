@@ -114,3 +114,24 @@ def test_grpo_on_a_users_checkpoint_with_reward_functions_only(user_files, tmp_p
     row = result["history"][-1]
     assert row["kl_coef"] == 0.0 and "rewards/exact_match/mean" in row
     assert "rewards/length_penalty/mean" in row
+
+
+def test_the_train_ppo_script_runs_grpo_smoke(tmp_path):
+    import subprocess
+    import sys
+
+    args = [
+        sys.executable,
+        str(ROOT / "experiments" / "train_ppo.py"),
+        "--config",
+        f"{ROOT}/configs/ppo.py:grpo_smoke",
+        f"--config.run_dir={tmp_path}",
+        "--config.iterations=2",
+        "--config.mesh.num_devices=1",
+        "--config.console=False",
+        "--config.tensorboard=False",
+    ]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "[ppo] finished 2 iterations" in proc.stdout
+    assert (tmp_path / "artifact" / "artifact.json").is_file()

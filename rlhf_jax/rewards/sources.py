@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_jax.rewards.functions import RewardFunction, resolve
+from rlhf_jax.rewards.functions import REGISTRY, RewardFunction, resolve
 
 MODEL = "reward_model"  # the name the reward model's score is logged under
 
@@ -28,7 +28,9 @@ class RewardsConfig:
     model_weight: float = 1.0  # the reward model's weight (its score normalised on SFT samples)
     functions: tuple[str, ...] = ()  # registered names or dotted paths (rewards.functions)
     weights: tuple[float, ...] = ()  # one per function; empty: 1.0 each
-    kwargs: dict = dataclasses.field(default_factory=dict)  # per function: its keyword options
+    # Per function: its keyword options; those of a function not listed in ``functions`` are
+    # kept for when it is (a preset's options survive turning the function off)
+    kwargs: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.weights and len(self.weights) != len(self.functions):
@@ -36,9 +38,12 @@ class RewardsConfig:
                 f"rewards.weights has {len(self.weights)} entries for "
                 f"{len(self.functions)} rewards.functions"
             )
-        unknown = sorted(set(self.kwargs) - set(self.functions))
+        unknown = sorted(set(self.kwargs) - set(self.functions) - set(REGISTRY))
         if unknown:
-            raise ValueError(f"rewards.kwargs names {unknown}, which are not rewards.functions")
+            raise ValueError(
+                f"rewards.kwargs names {unknown}: neither in rewards.functions nor registered "
+                f"({', '.join(sorted(REGISTRY))})"
+            )
         if len(set(self.functions)) != len(self.functions):
             raise ValueError(f"rewards.functions names a function twice: {self.functions}")
 
