@@ -27,12 +27,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(tmp_path):
-    port, out = _free_port(), tmp_path / "result.json"
+def run_workers(worker: pathlib.Path, out: pathlib.Path, *args: str, timeout: int = 300) -> dict:
+    """Runs ``worker PROCESS_ID 2 PORT OUT *args`` as two processes; returns OUT's JSON."""
+    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("XLA_FLAGS")}
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(i), "2", str(port), str(out)],
+            [sys.executable, str(worker), str(i), "2", str(port), str(out), *args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -40,10 +41,14 @@ def test_two_processes_match_one(tmp_path):
         )
         for i in range(2)
     ]
-    logs = [p.communicate(timeout=300)[0] for p in procs]
+    logs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, log in zip(procs, logs, strict=True):
         assert p.returncode == 0, log[-3000:]
-    multi = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_two_processes_match_one(tmp_path):
+    multi = run_workers(WORKER, tmp_path / "result.json")
 
     mesh = sharding.make_mesh(sharding.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
     tx = optax.sgd(0.5)  # linear in the gradient, so parameters compare tightly
