@@ -94,7 +94,7 @@ def test_a_text_reward_that_fails_is_named_with_its_row(artifacts, tmp_path):  #
 
 def test_config_errors_name_the_fields(artifacts, tmp_path):  # noqa: F811
     base = _config(artifacts, tmp_path)
-    check = ppo_lib.runner.reward_sources
+    check = ppo_lib.reward_sources
     with pytest.raises(ValueError, match=r"set reward .* or rewards\.functions"):
         check(_with(base, reward=None))
     with pytest.raises(ValueError, match="value_init='reward'"):

@@ -10,7 +10,8 @@ One iteration, one file per concept:
     sampling.py    on the host between them: text reward functions, dynamic sampling
     update.py      epochs × minibatches × micro-batches of the policy/value losses, guarded
     programs.py    the iteration as jitted programs (three, or one fused)
-    runner.py      run_ppo: the models on the mesh, prompts, rewards, the shared loop
+    setup.py       the reward sources, the models and state on the mesh, reward normalisation
+    runner.py      PPORunConfig, run_ppo: prompts, the iteration's steps, the shared loop
 """
 
 from rlhf_jax.training.ppo.config import PPOConfig, PPOState, Statics
@@ -25,12 +26,8 @@ from rlhf_jax.training.ppo.experience import (
 )
 from rlhf_jax.training.ppo.programs import build_iteration
 from rlhf_jax.training.ppo.prompts import EncodedPrompts, PromptSampler, encode_prompt_file
-from rlhf_jax.training.ppo.runner import (
-    PPORunConfig,
-    fit_reward_normalisation,
-    init_ppo_state,
-    run_ppo,
-)
+from rlhf_jax.training.ppo.runner import PPORunConfig, run_ppo
+from rlhf_jax.training.ppo.setup import fit_reward_normalisation, init_ppo_state, reward_sources
 from rlhf_jax.training.ppo.update import optimizers, policy_loss, update, value_loss
 
 __all__ = [
@@ -50,6 +47,7 @@ __all__ = [
     "optimizers",
     "policy_loss",
     "raw_scores",
+    "reward_sources",
     "rollout",
     "run_ppo",
     "score",

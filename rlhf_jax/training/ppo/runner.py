@@ -16,29 +16,29 @@ continues exactly.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
 from rlhf_jax import checkpoint as ckpt_lib
-from rlhf_jax import losses, models, rewards
+from rlhf_jax import rewards
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.logging import to_floats
-from rlhf_jax.placement import ModelSource, copy_tree, place_model, place_module
+from rlhf_jax.placement import ModelSource
 from rlhf_jax.training.loop import Run
 from rlhf_jax.training.optimizer import make_schedule
-from rlhf_jax.training.ppo import experience, sampling
-from rlhf_jax.training.ppo.config import PPOConfig, PPOState, Statics
+from rlhf_jax.training.ppo import sampling
+from rlhf_jax.training.ppo.config import PPOConfig
 from rlhf_jax.training.ppo.programs import build_iteration
 from rlhf_jax.training.ppo.prompts import PromptSampler, encode_prompt_file
-from rlhf_jax.training.ppo.update import optimizers
-from rlhf_jax.training.state import init_opt_state
+from rlhf_jax.training.ppo.setup import (
+    fit_reward_normalisation,
+    init_ppo_state,
+    reward_sources,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -63,152 +63,6 @@ class PPORunConfig:
     skip_nonfinite: bool = False  # skip (and count) non-finite updates instead of stopping
     console: bool = True  # progress bar
     tensorboard: bool = True  # TensorBoard events
-
-
-def reward_sources(config: PPORunConfig, extra=()) -> tuple[rewards.WeightedFunction, ...]:
-    """The configured reward functions and ``extra`` ones (callables a program passes in),
-    checked against the rest of the config."""
-    functions = (*rewards.resolve_sources(config.rewards), *extra)
-    ppo = config.ppo
-    if config.reward is None and not functions:
-        raise ValueError("PPO needs a score: set reward (a reward model) or rewards.functions")
-    if config.reward is None and ppo.uses_critic and ppo.value_model == "separate":
-        if ppo.value_init == "reward":
-            raise ValueError(
-                "ppo.value_init='reward' starts the critic from the reward model, and there "
-                "is none: set ppo.value_init='policy' or give reward"
-            )
-    texts = [f.name for f in functions if f.function.kind == "text"]
-    if texts and ppo.fuse_iteration:
-        raise ValueError(
-            f"ppo.fuse_iteration runs the iteration as one program, but the text reward "
-            f"functions {texts} run on the host between rollout and score"
-        )
-    return functions
-
-
-def _critic(config: PPORunConfig, policy, reward, mesh):
-    """The critic on the mesh (None without one): a value head on the policy's trunk, or a
-    scalar model whose trunk is a copy of the reward model's or the policy's."""
-    ppo, seed = config.ppo, config.seed
-    if ppo.shared_value_head:
-        head = lambda: models.ScalarHead(policy.config, kind="value", rngs=nnx.Rngs(seed))
-        return place_module(head, mesh, config=policy.config)
-    if not ppo.uses_critic:
-        return None
-    source = reward if ppo.value_init == "reward" else policy
-    critic = lambda: models.ScalarModel(source.config, kind="value", rngs=nnx.Rngs(seed))
-    # The value head starts at zero (Huang et al. 2024); the trunk is the source's, copied
-    # since the critic trains and the source does not.
-    trunk = copy_tree(source.params["trunk"])
-    return place_module(critic, mesh, given={"trunk": trunk}, config=source.config)
-
-
-def _or_none(model, field):
-    return None if model is None else getattr(model, field)
-
-
-def init_ppo_state(config: PPORunConfig, mesh, *, reward_functions=()):
-    """Builds the PPOState on the mesh (before reward normalisation); returns it with its
-    shardings, the ``Statics``, the policy's model config and the tokenizer.
-    ``reward_functions`` (`rewards.WeightedFunction`) join the configured ones."""
-    ppo = config.ppo
-    functions = reward_sources(config, reward_functions)
-    policy = place_model(config.policy, head="lm", mesh=mesh, seed=config.seed)
-    reward = None
-    if config.reward is not None:
-        reward = place_model(config.reward, head="reward", mesh=mesh, seed=config.seed)
-    critic = _critic(config, policy, reward, mesh)
-    tokenizer = models.load_tokenizer(config.policy.tokenizer_path)
-    policy_tx, critic_tx = optimizers(ppo, config.iterations)
-    policy_opt, policy_opt_sh = init_opt_state(policy_tx, policy.params, policy.shardings, mesh)
-    critic_opt = critic_opt_sh = None
-    if critic is not None:
-        critic_opt, critic_opt_sh = init_opt_state(critic_tx, critic.params, critic.shardings, mesh)
-    repl = sharding_lib.replicated(mesh)
-    kl = losses.adaptive_kl_init(
-        init_coef=ppo.initial_kl_coef, target=ppo.kl_target, horizon=ppo.kl_horizon
-    )
-    state = PPOState(
-        step=jnp.zeros((), jnp.int32),
-        policy=policy.params,
-        policy_opt=policy_opt,
-        critic=_or_none(critic, "params"),
-        critic_opt=critic_opt,
-        frozen={
-            "reference": copy_tree(policy.params),
-            "policy_rest": policy.rest,
-            "reward": _or_none(reward, "params"),
-            "reward_rest": _or_none(reward, "rest"),
-            "critic_rest": _or_none(critic, "rest"),
-        },
-        kl=kl,
-        score_norm=jnp.array([1.0, 0.0], jnp.float32),
-        rng=jax.random.key_data(jax.random.key(config.seed)),
-        nonfinite_count=jnp.zeros((), jnp.int32),
-        first_nonfinite_step=jnp.full((), -1, jnp.int32),
-    )
-    shardings = PPOState(
-        step=repl,
-        policy=policy.shardings,
-        policy_opt=policy_opt_sh,
-        critic=_or_none(critic, "shardings"),
-        critic_opt=critic_opt_sh,
-        frozen={
-            "reference": policy.shardings,
-            "policy_rest": policy.rest_shardings,
-            "reward": _or_none(reward, "shardings"),
-            "reward_rest": _or_none(reward, "rest_shardings"),
-            "critic_rest": _or_none(critic, "rest_shardings"),
-        },
-        kl=jax.tree.map(lambda _: repl, kl),
-        score_norm=repl,
-        rng=repl,
-        nonfinite_count=repl,
-        first_nonfinite_step=repl,
-    )
-    state = jax.device_put(state, shardings)
-    pooling = "last"
-    if config.reward is not None and config.reward.origin == "artifact":
-        pooling = ckpt_lib.read_artifact_meta(config.reward.artifact).get("pooling") or "last"
-    statics = Statics(
-        policy=policy.graphdef,
-        critic=_or_none(critic, "graphdef"),
-        reward=_or_none(reward, "graphdef"),
-        eos_ids=tuple(policy.config.eos_token_ids) or (tokenizer.eos_token_id,),
-        pad_id=int(tokenizer.pad_token_id),
-        reward_pooling=pooling,
-        reward_weight=config.rewards.model_weight,
-        token_rewards=tuple(f for f in functions if f.function.kind == "tokens"),
-    )
-    return state, shardings, statics, policy.config, tokenizer
-
-
-def fit_reward_normalisation(state, fns, sampler: PromptSampler, num_prompts: int, mesh, statics):
-    """Gain and bias so the reward model's scores of SFT samples have mean 0 and std 1."""
-
-    @jax.jit
-    def raw(state, episodes):
-        return experience.raw_scores(state.frozen, episodes, statics=statics)
-
-    scores = []
-    rounds = max(1, math.ceil(num_prompts / sampler.batch_size))
-    probe = PromptSampler(
-        sampler.tokens, sampler.mask, batch_size=sampler.batch_size, seed=sampler.seed + 9973
-    )
-    for _ in range(rounds):
-        tokens, mask, _ = probe.next()
-        batch = sharding_lib.shard_batch({"t": tokens, "m": mask}, mesh)
-        episodes = fns["rollout"](state, batch["t"], batch["m"])
-        scores.append(sampling.to_host(raw(state, episodes)))
-    scores = np.concatenate(scores)
-    mean, std = float(scores.mean()), float(scores.std())
-    gain = 1.0 / std if std > 1e-6 else 1.0
-    score_norm = jax.device_put(jnp.array([gain, mean], jnp.float32), state.score_norm.sharding)
-    return state.replace(score_norm=score_norm), {
-        "reward_norm/raw_mean": mean,
-        "reward_norm/raw_std": std,
-    }
 
 
 def _iteration_fn(fns, sampler: PromptSampler, host_rewards, mesh, config: PPORunConfig):
