@@ -11,13 +11,20 @@ Two kinds of checkpoint:
 
 A checkpoint whose fingerprint differs from the running job's raises ``CheckpointError``
 naming the fields that differ.
+
+Integrity: every finished checkpoint and every artifact carries the SHA-256 of each of its files
+(``rlhf_jax.manifest.json``; an artifact's are in artifact.json), verified before a restore. A
+damaged latest checkpoint is reported, moved to ``checkpoints/damaged/``, and the newest intact
+one is restored instead; an artifact that fails its check is an error naming the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +42,9 @@ class CheckpointConfig:
     save_every: int = 100  # steps between saves (the last step and interrupts always save)
     keep: int = 3  # how many recent checkpoints to keep
     async_save: bool = True  # write in a background thread while training goes on
+    # Resume even when the checkpoint was written with other settings (the differing fields
+    # are printed): to continue a run deliberately with, say, a new learning rate or data
+    allow_changed_config: bool = False
 
 
 def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
@@ -52,14 +62,57 @@ def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
     return [] if saved == current else [f"{prefix}: saved {saved!r}, now {current!r}"]
 
 
-def check_fingerprint(saved: Mapping, current: Mapping, *, where: str) -> None:
+def check_fingerprint(saved: Mapping, current: Mapping, *, where: str, allow=None) -> None:
+    """Raises naming the fields that differ; with ``allow`` (a print function) reports them
+    and goes on instead (``checkpoint.allow_changed_config``)."""
     diffs = _differences(jsonable(saved), jsonable(current))
-    if diffs:
-        raise CheckpointError(
-            f"checkpoint {where} was written by a different configuration; differing fields:\n  "
-            + "\n  ".join(diffs)
-            + "\nUse a new run directory, or restore the configuration it was written with."
+    if not diffs:
+        return
+    listed = "\n  ".join(diffs)
+    if allow is not None:
+        allow(
+            f"resuming {where} with changed settings (checkpoint.allow_changed_config):\n  {listed}"
         )
+        return
+    raise CheckpointError(
+        f"checkpoint {where} was written by a different configuration; differing fields:\n  "
+        f"{listed}\nUse a new run directory, restore the configuration it was written with, or "
+        "set checkpoint.allow_changed_config=True to continue with the new settings."
+    )
+
+
+MANIFEST = "rlhf_jax.manifest.json"
+
+
+def sha256_file(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_checksums(root: pathlib.Path, *, skip: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
+    """Relative path → SHA-256 of every file under ``root`` (but ``skip``), in path order."""
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel not in skip:
+            out[rel] = sha256_file(path)
+    return out
+
+
+def checksum_problems(root: pathlib.Path, expected: Mapping[str, str]) -> list[str]:
+    """What differs between ``root``'s files and ``expected`` (empty: intact)."""
+    actual = file_checksums(root, skip=(MANIFEST, ARTIFACT_META))
+    problems = [f"{root / rel}: missing" for rel in expected if rel not in actual]
+    problems += [
+        f"{root / rel}: checksum differs"
+        for rel in expected
+        if rel in actual and actual[rel] != expected[rel]
+    ]
+    problems += [f"{root / rel}: not in the manifest" for rel in actual if rel not in expected]
+    return problems
 
 
 class PhaseCheckpointer:
@@ -87,8 +140,23 @@ class PhaseCheckpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def _step_dir(self, step: int) -> pathlib.Path:
+        return self.directory / str(step)
+
+    def _seal(self) -> None:
+        """Waits for writes in flight, then writes the manifest of every finished checkpoint
+        that has none yet (process 0; the files are on a filesystem every host sees)."""
+        self._manager.wait_until_finished()
+        if jax.process_index() != 0:
+            return
+        for step in self._manager.all_steps():
+            folder = self._step_dir(step)
+            if folder.is_dir() and not (folder / MANIFEST).exists():
+                (folder / MANIFEST).write_text(json.dumps(file_checksums(folder), indent=1))
+
     def save(self, step: int, state, data_state: Mapping, *, force: bool = False) -> bool:
         """Saves when ``step`` is on the save interval (or ``force``); returns whether it did."""
+        self._seal()
         return self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -99,33 +167,77 @@ class PhaseCheckpointer:
             force=force,
         )
 
-    def restore(self, abstract_state, step: int | None = None):
+    def _restore_step(self, step: int, abstract_state, report=print):
+        folder = self._step_dir(step)
+        manifest = folder / MANIFEST
+        if manifest.exists():
+            problems = checksum_problems(folder, json.loads(manifest.read_text()))
+            if problems:
+                raise _Damaged("; ".join(problems[:3]))
+        try:
+            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as e:  # damaged metadata: Orbax's own message, the folder named
+            raise _Damaged(f"{folder}: unreadable ({type(e).__name__}: {e})") from None
+        allow = report if self.config.allow_changed_config else None
+        check_fingerprint(meta["meta"], self.fingerprint, where=str(folder), allow=allow)
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=ocp.args.JsonRestore(),
+                ),
+            )
+        except Exception as e:
+            raise _Damaged(f"{folder}: unreadable ({type(e).__name__}: {e})") from None
+        return restored["state"], restored["data"]
+
+    def restore(self, abstract_state, step: int | None = None, *, report=print):
         """Restores ``(state, data_state)`` into ``abstract_state``'s shapes and shardings.
 
         ``abstract_state`` is a tree of ``jax.ShapeDtypeStruct`` with ``sharding`` set (e.g.
         ``jax.eval_shape`` of the init, with shardings attached), so every array lands on the
-        devices where the running job expects it.
+        devices where the running job expects it. Without ``step``, the newest intact
+        checkpoint: a damaged one (checksum, or unreadable) is reported through ``report``,
+        moved to ``damaged/``, and the one before it tried.
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
+        steps = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
+        if not steps or steps[0] is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        check_fingerprint(meta["meta"], self.fingerprint, where=f"{self.directory}/{step}")
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=ocp.args.JsonRestore(),
-            ),
+        problems = []
+        for candidate in steps:
+            try:
+                return self._restore_step(candidate, abstract_state, report)
+            except _Damaged as e:
+                problems.append(str(e))
+                if step is not None:
+                    break
+                report(f"checkpoint {self._step_dir(candidate)} is damaged ({e}); set aside in "
+                       f"{self.directory / 'damaged'}, trying the one before")  # fmt: skip
+                self._set_aside(candidate)
+        raise CheckpointError(
+            f"no intact checkpoint in {self.directory}:\n  " + "\n  ".join(problems)
         )
-        return restored["state"], restored["data"]
+
+    def _set_aside(self, step: int) -> None:
+        if jax.process_index() == 0:
+            target = self.directory / "damaged" / str(step)
+            target.parent.mkdir(exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(self._step_dir(step)), str(target))
+        self._manager.reload()
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        self._seal()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self._seal()
         self._manager.close()
+
+
+class _Damaged(Exception):
+    """A checkpoint step that fails its checksum or cannot be read (the message says which)."""
 
 
 ARTIFACT_META = "artifact.json"
@@ -139,7 +251,8 @@ def save_artifact(directory: str | pathlib.Path, params, *, meta: Mapping[str, A
         ckptr.save(directory / "params", params, force=True)
         ckptr.wait_until_finished()
     if jax.process_index() == 0:
-        (directory / ARTIFACT_META).write_text(json.dumps(jsonable(meta), indent=2))
+        meta = {**jsonable(meta), "checksums": file_checksums(directory, skip=(ARTIFACT_META,))}
+        (directory / ARTIFACT_META).write_text(json.dumps(meta, indent=2))
 
 
 def artifact_exists(directory: str | pathlib.Path) -> bool:
@@ -154,7 +267,10 @@ def read_artifact_meta(directory: str | pathlib.Path) -> dict[str, Any]:
             f"{directory} holds no phase artifact ({ARTIFACT_META} missing); "
             "run the phase that writes it first"
         )
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
 
 
 def load_artifact(
@@ -163,10 +279,19 @@ def load_artifact(
     """Restores a phase artifact into ``abstract_params`` (shapes + shardings).
 
     ``expect`` lists meta fields that must match (e.g. the model config), checked before any
-    array is read so that a wrong artifact fails with the differing fields named.
+    array is read so that a wrong artifact fails with the differing fields named. Every file's
+    checksum is verified first: a damaged artifact is an error naming the file.
     """
     directory = pathlib.Path(directory).absolute()
     meta = read_artifact_meta(directory)
+    if "checksums" in meta:
+        problems = checksum_problems(directory, meta["checksums"])
+        if problems:
+            raise CheckpointError(
+                f"artifact {directory} is damaged: "
+                + "; ".join(problems[:3])
+                + ". Rerun the phase that wrote it (delete the artifact folder first)."
+            )
     if expect is not None:
         saved = {k: meta.get(k, "<absent>") for k in expect}
         check_fingerprint(saved, dict(expect), where=str(directory))

@@ -1,5 +1,7 @@
 """Loading, tokenising, bucketing and collating each format (rlhf_jax.data)."""
 
+import dataclasses
+
 import datasets
 import numpy as np
 import pytest
@@ -221,6 +223,32 @@ def test_truncate_cuts_the_prompt_from_the_left_and_counts_it(tmp_path):
     assert "1 truncated" in ds.report.summary()
 
 
+def test_bad_lines_duplicates_and_identical_pairs_are_counted(tmp_path):
+    path = tmp_path / "p.jsonl"
+    lines = [
+        b'{"prompt": "hello", "chosen": "good", "rejected": "bad"}',
+        b'{"prompt": "hello", "chosen": "good", "rejected": "bad"}',  # a duplicate: kept
+        b'{"prompt": "hello", "chosen": "yes", "rejected": "yes"}',  # chosen = rejected
+        b'{"prompt": "hi", "chosen": "g\xff\xfeood", "rejected": "bad"}',  # not UTF-8
+        b"[1, 2]",  # JSON, not an object
+        b'{"prompt": "a", "chosen"',  # not JSON
+        b'{"prompt": "how are you", "chosen": "fine", "rejected": "bad"}',
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    tok = tokenizer(chat=False)
+    config = data.DataConfig(path=str(path), bucket_lengths=(16,), batch_size=2)
+    ds = data.load_data(config, tok)
+    assert ds.report.counts == {
+        R.DUPLICATE: 1, R.IDENTICAL_RESPONSES: 1, R.BAD_LINE: 3
+    }  # fmt: skip
+    assert len(ds) == 3 and ds.report.num_dropped == 4
+    assert ds.report.example_rows[R.BAD_LINE] == [3, 4, 5]
+    summary = ds.report.summary()
+    assert "line 4: not UTF-8" in summary and "duplicate: 1 (kept)" in summary
+    with pytest.raises(R.RowError, match=r"p\.jsonl: row 1: duplicate"):
+        data.load_data(dataclasses.replace(config, strict=True), tok)
+
+
 def test_too_many_responses(tmp_path):
     rows = [{"prompt": "hello", "responses": ["a", "the", "is"], "ranks": [0, 1, 2]}]
     ds = load(tmp_path, rows * 2, chat=False, bucket_lengths=(8,), max_responses=2)
@@ -231,10 +259,13 @@ def test_file_errors_name_the_path(tmp_path):
     missing = str(tmp_path / "nope.jsonl")
     with pytest.raises(FileNotFoundError, match=r"nope\.jsonl"):
         data.load_rows(missing)
+    # A bad line of JSON Lines is a bad row (counted by the data report), not a bad file.
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "comp\n')
-    with pytest.raises(ValueError, match=r"bad\.jsonl: not valid JSON: line 2"):
-        data.load_rows(str(bad), cache_dir=str(tmp_path / "cache"))
+    rows = data.load_rows(str(bad), cache_dir=str(tmp_path / "cache"))
+    assert rows.num_rows == 2 and rows[1][data.loading.BAD_LINE_COLUMN].startswith(
+        "line 2: not JSON"
+    )
     array = tmp_path / "a.json"
     array.write_text('[\n  {"prompt": "a", "completion": "b"},\n  {"prompt": }\n]\n')
     with pytest.raises(ValueError, match=r"a\.json: not valid JSON: line 3"):

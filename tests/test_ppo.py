@@ -2,6 +2,7 @@
 non-finite guard, and each option against the plain path."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -142,7 +143,15 @@ def test_resume_continues_exactly(artifacts, tmp_path):
     first = ppo_lib.run_ppo(cut, stop_after=1)
     assert first["status"] == "interrupted"
     second = ppo_lib.run_ppo(cut)
-    assert second["iteration"] == 3 and len(second["history"]) == 2
+    assert second["iteration"] == 3
+    # The history is the whole run's, once each, in the result and in history.jsonl.
+    assert [row["iteration"] for row in second["history"]] == [1, 2, 3]
+    lines = (tmp_path / "cut" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3]
+    for a, b in zip(full["history"], second["history"], strict=True):
+        assert (
+            a["objective/scores"] == b["objective/scores"] and a["loss/policy"] == b["loss/policy"]
+        )
     for a, b in zip(
         jax.tree.leaves(full["state"].policy), jax.tree.leaves(second["state"].policy), strict=True
     ):
@@ -297,7 +306,7 @@ def test_a_nonfinite_iteration_stops_the_run_naming_it_and_the_last_checkpoint_r
     # The checkpoint holds the good first iteration: resuming from it reproduces the
     # uninterrupted run exactly.
     resumed = ppo_lib.run_ppo(config)
-    assert resumed["status"] == "finished" and len(resumed["history"]) == 2
+    assert resumed["status"] == "finished" and len(resumed["history"]) == 3
     _same(good["state"].policy, resumed["state"].policy)
     # With skip_nonfinite the run goes on and counts the refused iteration.
     assert skipped["status"] == "finished"
@@ -376,3 +385,19 @@ def test_missing_eos_penalty_through_score(artifacts, tmp_path):
     # Only the score moved: raw scores and the KL (policy = reference) are the same.
     np.testing.assert_array_equal(penalised["raw_scores_B"], kept["raw_scores_B"])
     np.testing.assert_allclose(penalised["kl_BxN"], 0.0, atol=1e-6)
+
+
+def test_the_monitors_state_survives_a_resume(artifacts, tmp_path):
+    from rlhf_jax import evaluation as ev
+
+    # Thresholds that fire (the tiny policy's length and entropy move fast), so that the
+    # warnings as well as the running statistics must carry over.
+    config = ev.MonitorConfig(window=2, max_length_drift=0.0, max_kl_rate=0.0)
+    full_monitor = ev.HackingMonitor(config)
+    ppo_lib.run_ppo(_config(artifacts, tmp_path / "full"), monitor=full_monitor)
+    cut = _config(artifacts, tmp_path / "cut")
+    ppo_lib.run_ppo(cut, monitor=ev.HackingMonitor(config), stop_after=1)
+    resumed_monitor = ev.HackingMonitor(config)
+    ppo_lib.run_ppo(cut, monitor=resumed_monitor)
+    assert resumed_monitor.summary() == full_monitor.summary()
+    assert full_monitor.summary()["updates"] == 3 and full_monitor.warnings

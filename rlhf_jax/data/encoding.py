@@ -27,6 +27,7 @@ from rlhf_jax.data import report as R
 from rlhf_jax.data.buckets import fit_to_bucket, truncate_prompt
 from rlhf_jax.data.config import check_bucket_lengths
 from rlhf_jax.data.formats import PARSERS, Record
+from rlhf_jax.data.loading import BAD_LINE_COLUMN
 
 CHUNK = 512  # rows tokenised per call: the fast tokenizer batches in Rust
 
@@ -133,10 +134,16 @@ def tokenize_rows(
         )
         chunk.clear()
 
+    seen: set = set()
     for i, row in enumerate(rows):
         report.num_rows += 1
+        if row.get(BAD_LINE_COLUMN) is not None:
+            report.add(i, R.BAD_LINE, row[BAD_LINE_COLUMN])
+            continue
         try:
             record = parse(row)
+            if kind == "preference" and record.responses[0] == record.responses[1]:
+                raise R.RowError(R.IDENTICAL_RESPONSES, "chosen equals rejected")
             if max_responses is not None and len(record.responses) > max_responses:
                 raise R.RowError(
                     R.TOO_MANY_RESPONSES,
@@ -145,6 +152,10 @@ def tokenize_rows(
         except R.RowError as e:
             report.add(i, e.reason, e.detail)
             continue
+        key = repr((record.prompt, record.responses, record.ranks))
+        if key in seen:
+            report.add(i, R.DUPLICATE, "the same prompt and responses as an earlier row")
+        seen.add(key)
         chunk.append((i, record))
         if len(chunk) == CHUNK:
             flush()

@@ -41,6 +41,7 @@ import numbers
 from collections.abc import Iterable, Mapping
 
 from rlhf_jax.data import report as R
+from rlhf_jax.data.loading import BAD_LINE_COLUMN
 
 Message = dict[str, str]
 
@@ -76,7 +77,7 @@ def detect_kind(columns: Iterable[str], *, format: str = "auto", source: str = "
     ``format`` "auto" tries rankings, then preferences, then SFT; a named format insists on
     its own columns. Raises a ValueError naming the columns found and those expected.
     """
-    found = set(columns)
+    found = set(columns) - {BAD_LINE_COLUMN}  # not a data column
     kinds = KINDS if format == "auto" else (format,)
     if format != "auto" and format not in KINDS:
         raise ValueError(f"format={format!r}; expected 'auto' or one of {KINDS}")

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 
-# Reasons, as they appear in reports and errors. Every reason but TRUNCATED drops the row.
+# Reasons, as they appear in reports and errors. Every reason but TRUNCATED and DUPLICATE
+# drops the row.
+BAD_LINE = "bad_line"  # a JSON Lines line that is not UTF-8, not JSON, or not an object
 MISSING_FIELD = "missing_field"  # a required column is null / absent in this row
 WRONG_TYPE = "wrong_type"  # e.g. a number where a string belongs, a string where a list does
 BAD_MESSAGES = "bad_messages"  # a chat list that is not [{"role": str, "content": str}, ...]
@@ -23,8 +25,12 @@ BAD_RANKS = "bad_ranks"  # ranks not matching responses, negative, or all tied
 TOO_MANY_RESPONSES = "too_many_responses"  # a ranking row with more than max_responses
 TOO_LONG = "too_long"  # longer than the largest bucket (dropped)
 TRUNCATED = "truncated"  # prompt cut from the left to fit the largest bucket (kept)
+IDENTICAL_RESPONSES = "identical_responses"  # a preference pair whose chosen is its rejected
+DUPLICATE = "duplicate"  # the same prompt and responses as an earlier row (kept, counted)
+KEPT = (TRUNCATED, DUPLICATE)  # reasons that count a row but keep it
 
 REASONS: tuple[str, ...] = (
+    BAD_LINE,
     MISSING_FIELD,
     WRONG_TYPE,
     BAD_MESSAGES,
@@ -33,7 +39,9 @@ REASONS: tuple[str, ...] = (
     BAD_RANKS,
     TOO_MANY_RESPONSES,
     TOO_LONG,
+    IDENTICAL_RESPONSES,
     TRUNCATED,
+    DUPLICATE,
 )
 
 
@@ -60,10 +68,11 @@ class DataReport:
     first_detail: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def add(self, row: int, reason: str, detail: str) -> None:
-        """Records one row under ``reason``; when strict, a dropped row raises `RowError`.
+        """Records one row under ``reason``; when strict, a row raises `RowError` instead.
 
         Truncation is a policy the user chose (``too_long="truncate"``), so it is counted
-        even when strict.
+        even when strict; a duplicate is kept (repeating a row may be meant) but strict mode
+        refuses it.
         """
         if reason not in REASONS:
             raise ValueError(f"unknown reason {reason!r}; expected one of {REASONS}")
@@ -77,7 +86,7 @@ class DataReport:
 
     @property
     def num_dropped(self) -> int:
-        return sum(n for reason, n in self.counts.items() if reason != TRUNCATED)
+        return sum(n for reason, n in self.counts.items() if reason not in KEPT)
 
     def summary(self) -> str:
         """A few lines for the start of training: totals, then one line per reason."""
@@ -85,9 +94,10 @@ class DataReport:
             f"data {self.source}: {self.num_rows} rows, {self.num_kept} used, "
             f"{self.num_dropped} dropped, {self.counts.get(TRUNCATED, 0)} truncated"
         ]
+        actions = {TRUNCATED: "kept, prompt truncated", DUPLICATE: "kept"}
         for reason in REASONS:
             if reason in self.counts:
-                action = "kept, prompt truncated" if reason == TRUNCATED else "dropped"
+                action = actions.get(reason, "dropped")
                 lines.append(
                     f"  {reason}: {self.counts[reason]} ({action}); rows "
                     f"{self.example_rows[reason]}; e.g. {self.first_detail[reason]}"

@@ -298,6 +298,28 @@ class HackingMonitor:
                 cfg.min_entropy_frac,
             )
 
+    # -- resume ----------------------------------------------------------------------------
+
+    _STATE = ("latest", "updates", "_baseline", "_firing", "_proxy_means", "_gold_means",
+              "_smoothed", "_kl", "_last_iteration")  # fmt: skip
+
+    def state_dict(self) -> dict:
+        """Everything ``update`` has accumulated, as plain JSON data (for a checkpoint), so a
+        resumed run's monitors continue as if never stopped."""
+        state = {k: getattr(self, k) for k in self._STATE}
+        state["_firing"] = sorted(self._firing)
+        state["warnings"] = [dataclasses.asdict(w) for w in self.warnings]
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """The inverse of `state_dict` (the thresholds stay this monitor's own)."""
+        for key in self._STATE:
+            setattr(self, key, state[key])
+        self._firing = set(state["_firing"])
+        self._smoothed = [tuple(x) for x in state["_smoothed"]]
+        self._kl = [tuple(x) for x in state["_kl"]]
+        self.warnings = [MonitorWarning(**w) for w in state["warnings"]]
+
     # -- over the run --------------------------------------------------------------------
 
     def summary(self) -> dict:

@@ -163,7 +163,7 @@ def evaluate(pipeline) -> dict:
             lines = history_path.read_text().splitlines()
             histories[phase] = [json.loads(line) for line in lines]
     monitors_path = pipeline.path("ppo", "monitors.json")
-    monitors = json.loads(monitors_path.read_text())[-1] if monitors_path.exists() else None
+    monitors = json.loads(monitors_path.read_text()) if monitors_path.exists() else None
     extra = [
         ev.FrontierPoint(
             kl=s["kl"], gold=s["gold"], proxy=s["proxy"], run=f"{phase} (eval)", kind=phase

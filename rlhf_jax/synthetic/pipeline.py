@@ -35,6 +35,7 @@ from rlhf_jax.training import dpo as dpo_lib
 from rlhf_jax.training import ppo as ppo_lib
 from rlhf_jax.training import reward as reward_lib
 from rlhf_jax.training import sft as sft_lib
+from rlhf_jax.training.loop import RunLock, interrupt_flag
 from rlhf_jax.training.optimizer import OptimizerConfig
 from rlhf_jax.training.phase import Phase, run_phase
 
@@ -299,7 +300,7 @@ class Pipeline:
         return self._on_preferences(dpo_lib.PHASE, dpo=self.config.dpo)
 
     def _rl(self, name: str, stage: PPOStage, ppo, *, reward, reward_functions=(), stop_after=None):
-        """An RL phase (PPO or GRPO) from the SFT policy; its history and monitors are kept."""
+        """An RL phase (PPO or GRPO) from the SFT policy, with the hacking monitors."""
         c = self.config
         prompts = self.task.prompts(stage.prompts, split="train")
         path = self._write_rows(f"{name}_prompts.jsonl", [{"prompt": p} for p in prompts])
@@ -326,13 +327,9 @@ class Pipeline:
             stop_after=stop_after,
             reward_functions=reward_functions,
         )
-        with open(self.path(name, "history.jsonl"), "a") as f:
-            for row in result["history"]:
-                f.write(json.dumps(row) + "\n")
-        summary_path = self.path(name, "monitors.json")
-        previous = json.loads(summary_path.read_text()) if summary_path.exists() else []
-        previous.append(jsonable(monitor.summary()))
-        summary_path.write_text(json.dumps(previous, indent=2))
+        # The runner keeps <name>/history.jsonl; the monitor's state travels in its checkpoints.
+        summary = json.dumps(jsonable(monitor.summary()), indent=2)
+        self.path(name, "monitors.json").write_text(summary)
         return result
 
     def ppo(self, *, stop_after: int | None = None):
@@ -360,11 +357,26 @@ class Pipeline:
         return evaluate_lib.evaluate(self)
 
     def run(self, *, stop_after_phase: str | None = None) -> dict[str, Any]:
-        """Runs every unfinished phase; ``stop_after_phase`` ends the run after that one."""
+        """Runs every unfinished phase; ``stop_after_phase`` ends the run after that one.
+
+        SIGTERM/SIGINT anywhere stops the run at the next safe point (a phase's loop stops at
+        its next step; between phases the pipeline stops before the next one), with every
+        finished phase's output intact; the same command resumes."""
+        lock = RunLock(self.root)  # one pipeline at a time in run_dir
+        try:
+            with interrupt_flag() as flag:
+                return self._run(flag, stop_after_phase)
+        finally:
+            lock.release()
+
+    def _run(self, flag, stop_after_phase):
         results = {}
         for phase in PHASES:
             if not self.enabled(phase):
                 continue
+            if flag["signal"] is not None:
+                print(f"[pipeline] {flag['signal']}: stopped before {phase}; rerun to resume")
+                return {"status": "interrupted", "phase": phase}
             if self.done(phase):
                 print(f"[pipeline] {phase}: done already, skipped")
             else:

@@ -9,6 +9,7 @@ from absl import logging as absl_logging
 from rlhf_jax import sharding
 from rlhf_jax.training import dpo, reward, sft
 from rlhf_jax.training.config import build
+from rlhf_jax.training.loop import interrupt_flag
 from rlhf_jax.training.phase import Phase, run_phase
 from rlhf_jax.training.ppo import PPORunConfig, run_ppo
 
@@ -18,8 +19,9 @@ PHASES: dict[str, Phase] = {p.name: p for p in (sft.PHASE, reward.PHASE, dpo.PHA
 def run_from_config(config_dict, *, kind: str) -> dict:
     """Initialises multi-host if configured, builds the phase's typed config, runs the phase.
 
-    Exits with status 0 after an interrupt (SIGTERM/SIGINT) that saved a checkpoint, so a
-    scheduler that preempted the job can simply start it again to resume.
+    SIGTERM/SIGINT, wherever in the run it arrives (start-up, a step, the final save), stops
+    the run at the next safe point; it exits with status 0 once everything written is
+    consistent, so a scheduler that preempted the job can simply start it again to resume.
     """
     if kind not in PHASES:
         raise ValueError(f"unknown phase {kind!r}; expected one of {sorted(PHASES)}")
@@ -28,7 +30,8 @@ def run_from_config(config_dict, *, kind: str) -> dict:
     absl_logging.set_verbosity(absl_logging.WARNING)
     sharding.initialize_distributed()
     config = build(phase.config_type, config_dict.to_dict())
-    result = run_phase(phase, config)
+    with interrupt_flag():  # a signal anywhere in the run stops it at the next safe point
+        result = run_phase(phase, config)
     if result["status"] == "interrupted":
         print(f"[{kind}] interrupted at step {result['step']}; rerun the same command to resume")
         sys.exit(0)
@@ -44,7 +47,8 @@ def run_ppo_from_config(config_dict) -> dict:
     absl_logging.set_verbosity(absl_logging.WARNING)
     sharding.initialize_distributed()
     config = build(PPORunConfig, config_dict.to_dict())
-    result = run_ppo(config)
+    with interrupt_flag():
+        result = run_ppo(config)
     if result["status"] == "interrupted":
         step = result["iteration"]
         print(f"[ppo] interrupted at iteration {step}; rerun the same command to resume")

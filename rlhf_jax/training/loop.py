@@ -8,7 +8,7 @@ machines needs, once for every phase:
   first step, so an interrupted run continues exactly where it stopped;
 - SIGTERM/SIGINT: the current step finishes, a checkpoint is written, and the loop returns
   ``"interrupted"`` (the caller exits cleanly);
-- non-finite loss or gradient: the step never applies one (`grads.keep_if_finite`);
+- non-finite loss, gradient or update: the step never applies one (`grads.keep_if_finite`);
   with ``skip_nonfinite=False`` the loop stops with ``NonFiniteError`` naming the step (checked
   at every log and before every save, so no checkpoint ever holds a bad state, and a checkpoint
   still being written finishes first), otherwise it counts them (``nonfinite_updates``);
@@ -20,8 +20,11 @@ A state is any pytree with ``step``, ``nonfinite_count`` and ``first_nonfinite_s
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import pathlib
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -36,12 +39,22 @@ Status = Literal["finished", "interrupted"]
 
 
 class NonFiniteError(FloatingPointError):
-    """Training produced a non-finite loss or gradient."""
+    """Training produced a non-finite loss, gradient or update."""
+
+
+_ACTIVE: list[dict] = []  # the flag of the outermost interrupt_flag() in force, if any
 
 
 @contextlib.contextmanager
 def interrupt_flag():
-    """Turns SIGTERM and SIGINT into a flag the loop polls (restored on exit)."""
+    """Turns SIGTERM and SIGINT into a flag that the code polls at safe points (the old
+    handlers are restored on exit). Nested uses share the outermost flag, so an entry point
+    that wraps a whole run (start-up, the loop, the final save, the pipeline's other phases)
+    catches a signal wherever it arrives; the loop, the phases and the pipeline then stop at
+    their next safe point."""
+    if _ACTIVE:
+        yield _ACTIVE[-1]
+        return
     flag = {"signal": None}
 
     def handler(signum, _frame):
@@ -53,11 +66,18 @@ def interrupt_flag():
             previous[sig] = signal.signal(sig, handler)
         except ValueError:  # not the main thread: no handlers, no flag
             pass
+    _ACTIVE.append(flag)
     try:
         yield flag
     finally:
+        _ACTIVE.pop()
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def interrupted() -> str | None:
+    """The signal an enclosing `interrupt_flag` caught (its name), or None."""
+    return _ACTIVE[-1]["signal"] if _ACTIVE else None
 
 
 def check_finite(state, *, skip_nonfinite: bool = False, unit: str = "step") -> None:
@@ -68,18 +88,81 @@ def check_finite(state, *, skip_nonfinite: bool = False, unit: str = "step") -> 
     if count:
         first = int(jax.device_get(state.first_nonfinite_step))
         raise NonFiniteError(
-            f"non-finite loss or gradient in {unit} {first + 1}; it was not applied, and "
+            f"non-finite loss, gradient or update in {unit} {first + 1}; it was not applied, and "
             f"checkpoints (which count completed {unit}s, at most {first} here) are intact. "
             "Lower the learning rate, check the data, or set skip_nonfinite=True to skip such "
             "updates."
         )
 
 
+class RunLockedError(RuntimeError):
+    """Another process is running in this run directory."""
+
+
+class RunLock:
+    """One run at a time in a directory: ``.lock.<process index>`` names the owner (host, pid).
+
+    A lock whose process is gone (same host, no such pid) is stale: taken over, and said so.
+    A live owner, or one on another host (whose liveness cannot be checked here), refuses the
+    second start, naming it.
+    """
+
+    def __init__(self, directory: pathlib.Path, *, report=print):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f".lock.{jax.process_index()}"
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if self._alive(holder):
+                    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"]))
+                    raise RunLockedError(
+                        f"{directory} is in use by process {holder['pid']} on {holder['host']} "
+                        f"(since {since}); wait for it or stop it, or use another run_dir. If "
+                        f"that process is gone, delete {self.path}."
+                    ) from None
+                report(f"taking over the stale lock of a process gone: {holder}")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return
+        raise RunLockedError(f"could not take {self.path}")
+
+    def _holder(self) -> dict:
+        try:
+            holder = json.loads(self.path.read_text())
+            return {"host": str(holder["host"]), "pid": int(holder["pid"]),
+                    "started": float(holder["started"])}  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError):
+            return {"host": socket.gethostname(), "pid": -1, "started": 0.0}  # unreadable: stale
+
+    @staticmethod
+    def _alive(holder: dict) -> bool:
+        if holder["host"] != socket.gethostname():
+            return True
+        if holder["pid"] <= 0:
+            return False
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class Run:
     """One run directory: ``logs/`` (metrics), ``checkpoints/`` (resume) and ``artifact/``.
 
-    Opens the metric writer and the checkpointer, resumes, drives the loop, and on exit
-    (errors included) waits for checkpoint writes in flight and closes both.
+    Takes the directory's lock (`RunLock`), opens the metric writer and the checkpointer,
+    resumes, drives the loop, and on exit (errors included) waits for checkpoint writes in
+    flight, closes both and releases the lock.
     """
 
     def __init__(
@@ -99,17 +182,22 @@ class Run:
         self.description = description
         self.total_steps = total_steps
         self.unit = unit  # what a step is called in messages ("iteration" for PPO)
-        self.writer = MetricWriter(
-            self.dir / "logs",
-            total_steps=total_steps,
-            description=description,
-            console=console,
-            tensorboard=tensorboard,
-            show=show,
-        )
-        self.checkpointer = ckpt_lib.PhaseCheckpointer(
-            self.dir / "checkpoints", fingerprint=fingerprint, config=checkpoint
-        )
+        self.lock = RunLock(self.dir)
+        try:
+            self.writer = MetricWriter(
+                self.dir / "logs",
+                total_steps=total_steps,
+                description=description,
+                console=console,
+                tensorboard=tensorboard,
+                show=show,
+            )
+            self.checkpointer = ckpt_lib.PhaseCheckpointer(
+                self.dir / "checkpoints", fingerprint=fingerprint, config=checkpoint
+            )
+        except BaseException:
+            self.lock.release()
+            raise
 
     def __enter__(self) -> Run:
         return self
@@ -125,7 +213,9 @@ class Run:
         position (handed to ``restore_data``), or ``state`` as given when there is none."""
         if self.checkpointer.latest_step() is None:
             return state, False
-        state, data_state = self.checkpointer.restore(abstract_like(state, shardings))
+        state, data_state = self.checkpointer.restore(
+            abstract_like(state, shardings), report=self.print
+        )
         restore_data(data_state)
         self.print(f"resumed from {self.unit} {int(jax.device_get(state.step))}")
         return state, True
@@ -155,6 +245,9 @@ class Run:
         writer.advance(step)
         try:
             with interrupt_flag() as flag:
+                if flag["signal"] is not None:  # caught during start-up: nothing new to save
+                    self.print(f"stopped before {unit} {step + 1} ({flag['signal']})")
+                    return state, "interrupted"
                 while step < total:
                     state, metrics = step_fn(state)
                     step += 1
@@ -201,5 +294,8 @@ class Run:
         return path
 
     def close(self) -> None:
-        self.checkpointer.close()
-        self.writer.close()
+        try:
+            self.checkpointer.close()
+            self.writer.close()
+        finally:
+            self.lock.release()

@@ -18,6 +18,7 @@ Run directory layout (``PhaseConfig.run_dir``):
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -120,12 +121,17 @@ def run_phase(phase: Phase, config: PhaseConfig, *, stop_after: int | None = Non
     fingerprint = {
         "phase": phase.name,
         "model": model.config.to_dict(),
-        "batch_size": config.data.batch_size,
-        "bucket_lengths": list(config.data.bucket_lengths),
-        "seed": config.seed,
-        "data_seed": config.data.seed,
+        "data": data_fingerprint(config.data),
         "num_examples": len(train.examples),
+        "optimizer": dataclasses.asdict(config.optimizer),
         "grad_accum_steps": config.grad_accum_steps,
+        "seed": config.seed,
+        # The phase's own section (reward, dpo): every field of a PhaseConfig subclass.
+        **{
+            f.name: getattr(config, f.name)
+            for f in dataclasses.fields(config)
+            if f.name not in _BASE
+        },
         **parts.fingerprint,
     }
     with Run(
@@ -167,6 +173,19 @@ def run_phase(phase: Phase, config: PhaseConfig, *, stop_after: int | None = Non
             if eval_fn is not None:
                 result["eval"] = {k: float(v) for k, v in jax.device_get(eval_fn(state)).items()}
     return result
+
+
+_BASE = {f.name for f in dataclasses.fields(PhaseConfig)}
+
+
+def data_fingerprint(data: data_lib.DataConfig) -> dict:
+    """What a resume must find unchanged about the data: every setting but where caches go,
+    and a local file's SHA-256 (another file of the same rows is other data)."""
+    fields = dataclasses.asdict(data)
+    fields.pop("cache_dir")
+    path = pathlib.Path(data.path).expanduser()
+    fields["sha256"] = ckpt_lib.sha256_file(path) if path.is_file() else None
+    return fields
 
 
 def make_eval_fn(parts: PhaseParts, dataset, config: PhaseConfig, mesh):

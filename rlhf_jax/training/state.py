@@ -7,7 +7,7 @@ A phase supplies one pure loss function
 where ``loss`` is a mean over the micro-batch and ``weight`` the number of things it averaged
 (tokens, pairs). ``jit_train_step`` turns it into ``train_step(state, batch) -> (state,
 metrics)``: exact gradient accumulation over micro-batches (`grads.accumulate`), an optax
-update, and the guard that never applies a non-finite loss or gradient.
+update, and the guard that never applies a non-finite loss, gradient or update.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class TrainState:
     opt_state: Any  # optax state
     rng: jax.Array  # uint32[2] key; each step folds in its step number
     frozen: Any  # arrays the step reads but never updates (reference policy, non-Params)
-    nonfinite_count: jax.Array  # int32: updates refused for a non-finite loss or gradient
+    nonfinite_count: jax.Array  # int32: updates refused for a non-finite loss, gradient or update
     first_nonfinite_step: jax.Array  # int32: the step where that first happened, -1 if never
 
 
@@ -104,7 +104,7 @@ def train_step(
     loss, grads, metrics, _ = grads_lib.accumulate(micro_loss, state.params, batch, accum_steps)
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & grads_lib.all_finite(grads)
+    finite = jnp.isfinite(loss) & grads_lib.all_finite(grads, new_params)
     count, first = grads_lib.count_nonfinite(
         finite, state.step, state.nonfinite_count, state.first_nonfinite_step
     )

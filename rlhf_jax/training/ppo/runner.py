@@ -16,6 +16,8 @@ continues exactly.
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -156,7 +158,9 @@ def run_ppo(
     adds ``objective/gold`` where a gold reward exists; ``monitor`` (an
     ``rlhf_jax.evaluation.HackingMonitor``) sees every iteration's per-episode statistics;
     ``reward_functions`` are reward functions given as objects (e.g. a task's verifiable
-    reward) beside the configured ones.
+    reward) beside the configured ones. The history (every iteration's metrics, also in
+    ``<run_dir>/history.jsonl``) and the monitor's state survive an interruption: a resumed
+    run's equal an uninterrupted one's.
     """
     mesh = sharding_lib.make_mesh(config.mesh)
     state, shardings, statics, policy_cfg, tokenizer = init_ppo_state(
@@ -188,11 +192,19 @@ def run_ppo(
         "rewards": dataclasses.asdict(config.rewards),
         "reward_functions": [(f.name, f.weight) for f in functions],
         "reward_model": config.reward is not None,
+        "prompts": {
+            "path": config.prompts,
+            "split": config.prompt_split,
+            "column": config.prompt_column,
+            "sha256": ckpt_lib.sha256_file(pathlib.Path(config.prompts))
+            if pathlib.Path(config.prompts).is_file()
+            else None,
+        },
         "prompts_per_iteration": config.prompts_per_iteration,
         "prompt_length": config.prompt_length,
         "seed": config.seed,
     }
-    history, norm_info = [], {}
+    norm_info = {}
     with Run(
         config.run_dir,
         description="ppo",
@@ -206,7 +218,14 @@ def run_ppo(
     ) as run:
         if prompts.num_dropped:
             run.print(prompts.summary(config.prompts, config.prompt_length))
-        state, resumed = run.resume(state, shardings, sampler.restore)
+
+        def restore_data(saved):
+            sampler.restore(saved["prompts"])
+            if monitor is not None and saved.get("monitor") is not None:
+                monitor.load_state_dict(saved["monitor"])
+
+        state, resumed = run.resume(state, shardings, restore_data)
+        history = History(run.dir / "history.jsonl", int(jax.device_get(state.step)))
         if not resumed and config.ppo.normalize_reward and statics.reward is not None:
             state, norm_info = fit_reward_normalisation(
                 state, fns, sampler, config.ppo.reward_norm_prompts, mesh, statics
@@ -224,10 +243,16 @@ def run_ppo(
             history.append(row)
             return state, row
 
+        def data_state():
+            return {
+                "prompts": sampler.state(),
+                "monitor": None if monitor is None else monitor.state_dict(),
+            }
+
         state, status = run.loop(
             state,
             step,
-            sampler.state,
+            data_state,
             log_every=config.log_every,
             skip_nonfinite=config.skip_nonfinite,
             stop_after=stop_after,
@@ -239,7 +264,7 @@ def run_ppo(
     return {
         "status": status,
         "iteration": iterations_done,
-        "history": history,
+        "history": history.rows,
         "state": state,
         "statics": statics,
         "tokenizer": tokenizer,
@@ -247,6 +272,29 @@ def run_ppo(
         "fns": fns,
         "prompts": prompts,
     }
+
+
+class History:
+    """The run's per-iteration rows, in ``history.jsonl`` beside its checkpoints: written as
+    they come (process 0), and on a resume cut back to the restored iteration, so the file and
+    ``rows`` always hold the whole run exactly once."""
+
+    def __init__(self, path: pathlib.Path, resumed_at: int):
+        self.path = path
+        rows = []
+        if resumed_at and path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            rows = [row for row in rows if row["iteration"] <= resumed_at]
+        self.rows = rows
+        if jax.process_index() == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        if jax.process_index() == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
 
 
 def _monitor_stats(row: dict, per_episode: dict) -> dict:

@@ -4,7 +4,8 @@ loss and the clipped value loss, with separate optimizers for the policy and the
 Gradients go through the shared accumulator (`rlhf_jax.training.grads.accumulate`: each
 micro-batch's loss is its own mean under ``losses.aggregate``, weighted by that mean's
 denominator), and the iteration's update is refused whole if any minibatch had a non-finite
-loss or gradient (`grads.keep_if_finite`), exactly as the offline phases refuse a step.
+loss, gradient or update (`grads.keep_if_finite`), exactly as the offline phases refuse a
+step.
 
 Letters: B episodes, P prompt length, N response length, M minibatches.
 """
@@ -134,9 +135,11 @@ def value_loss(params, frozen, batch, *, statics: Statics, config: PPOConfig):
 
 
 def _apply(tx, grads, opt_state, params):
-    """(params, opt_state, whether the gradient was finite) after one optimizer step."""
+    """(params, opt_state, whether the gradient and the updated parameters are finite) after one
+    optimizer step (a finite gradient can still give a non-finite update: Adam at ε = 0)."""
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, grads_lib.all_finite(grads)
+    new_params = optax.apply_updates(params, updates)
+    return new_params, opt_state, grads_lib.all_finite(grads, new_params)
 
 
 def update(state: PPOState, episodes, *, statics: Statics, config: PPOConfig, iterations: int):
