@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -n 2
 GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 export GLIBC_TUNABLES
 
-.PHONY: demo demo-losses test test-slow test-all lint format bench-generate clean
+.PHONY: demo demo-losses test test-slow test-faults test-all lint format bench-generate clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,11 @@ test: $(VENV)/.installed-test
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed-test
-	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "slow and not faults" $(PYTEST_ARGS)
+
+## Fault injection: every phase killed, signalled, corrupted, raced, fed bad rows.
+test-faults: $(VENV)/.installed-test
+	$(VENV)/bin/pytest -m faults $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed-test
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

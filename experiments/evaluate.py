@@ -3,6 +3,10 @@
 python experiments/evaluate.py --config configs/evaluate.py:smoke [--config.x.y=...]
 """
 
+from rlhf_jax import interrupts
+
+interrupts.install()  # before the heavy imports: a signal in start-up is caught too
+
 import json
 
 from absl import app

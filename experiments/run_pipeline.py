@@ -4,6 +4,10 @@
     python experiments/run_pipeline.py --config configs/synthetic.py
 """
 
+from rlhf_jax import interrupts
+
+interrupts.install()  # before the heavy imports: a signal in start-up is caught too
+
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags

@@ -6,6 +6,10 @@ Multi-host: start one process per host with RLHF_JAX_COORDINATOR, RLHF_JAX_NUM_P
 RLHF_JAX_PROCESS_ID set (or on a cluster JAX detects by itself).
 """
 
+from rlhf_jax import interrupts
+
+interrupts.install()  # before the heavy imports: a signal in start-up is caught too
+
 from absl import app
 from ml_collections import config_flags
 

@@ -27,6 +27,7 @@ from rlhf_jax import models, rewards
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.generation import SamplingConfig
 from rlhf_jax.inference import Sampler, decode_responses
+from rlhf_jax.interrupts import interrupt_flag
 from rlhf_jax.logging import jsonable
 from rlhf_jax.placement import ModelSource, place_model
 from rlhf_jax.synthetic import evaluate as evaluate_lib
@@ -35,7 +36,7 @@ from rlhf_jax.training import dpo as dpo_lib
 from rlhf_jax.training import ppo as ppo_lib
 from rlhf_jax.training import reward as reward_lib
 from rlhf_jax.training import sft as sft_lib
-from rlhf_jax.training.loop import RunLock, interrupt_flag
+from rlhf_jax.training.loop import RunLock
 from rlhf_jax.training.optimizer import OptimizerConfig
 from rlhf_jax.training.phase import Phase, run_phase
 

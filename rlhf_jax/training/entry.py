@@ -7,9 +7,9 @@ import sys
 from absl import logging as absl_logging
 
 from rlhf_jax import sharding
+from rlhf_jax.interrupts import interrupt_flag
 from rlhf_jax.training import dpo, reward, sft
 from rlhf_jax.training.config import build
-from rlhf_jax.training.loop import interrupt_flag
 from rlhf_jax.training.phase import Phase, run_phase
 from rlhf_jax.training.ppo import PPORunConfig, run_ppo
 

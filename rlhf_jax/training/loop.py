@@ -19,11 +19,9 @@ A state is any pytree with ``step``, ``nonfinite_count`` and ``first_nonfinite_s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
-import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -32,52 +30,17 @@ from typing import Any, Literal
 import jax
 
 from rlhf_jax import checkpoint as ckpt_lib
+from rlhf_jax.interrupts import interrupt_flag
 from rlhf_jax.logging import MetricWriter, to_floats
 from rlhf_jax.placement import abstract_like
+
+__all__ = ["NonFiniteError", "Run", "RunLock", "RunLockedError", "check_finite"]
 
 Status = Literal["finished", "interrupted"]
 
 
 class NonFiniteError(FloatingPointError):
     """Training produced a non-finite loss, gradient or update."""
-
-
-_ACTIVE: list[dict] = []  # the flag of the outermost interrupt_flag() in force, if any
-
-
-@contextlib.contextmanager
-def interrupt_flag():
-    """Turns SIGTERM and SIGINT into a flag that the code polls at safe points (the old
-    handlers are restored on exit). Nested uses share the outermost flag, so an entry point
-    that wraps a whole run (start-up, the loop, the final save, the pipeline's other phases)
-    catches a signal wherever it arrives; the loop, the phases and the pipeline then stop at
-    their next safe point."""
-    if _ACTIVE:
-        yield _ACTIVE[-1]
-        return
-    flag = {"signal": None}
-
-    def handler(signum, _frame):
-        flag["signal"] = signal.Signals(signum).name
-
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: no handlers, no flag
-            pass
-    _ACTIVE.append(flag)
-    try:
-        yield flag
-    finally:
-        _ACTIVE.pop()
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def interrupted() -> str | None:
-    """The signal an enclosing `interrupt_flag` caught (its name), or None."""
-    return _ACTIVE[-1]["signal"] if _ACTIVE else None
 
 
 def check_finite(state, *, skip_nonfinite: bool = False, unit: str = "step") -> None:
