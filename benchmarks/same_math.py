@@ -183,16 +183,21 @@ def transformer_with(shape: dict, params: list[dict], vocab: int):
         max_position_embeddings=shape["seq"], rotary_dim=k,
     )  # fmt: skip
     model = models.Transformer(cfg, rngs=nnx.Rngs(0))
-    for block, p in zip(model.layers, params, strict=True):
-        block.attn.q.kernel[...] = p["q"].reshape(d, h, k)
-        block.attn.k.kernel[...] = p["k"].reshape(d, h, k)
-        block.attn.v.kernel[...] = p["v"].reshape(d, h, k)
-        block.attn.o.kernel[...] = p["o"].reshape(h, k, d)
-        block.mlp.gate.kernel[...] = p["gate"]
-        block.mlp.up.kernel[...] = p["up"]
-        block.mlp.down.kernel[...] = p["down"]
-        block.attn_norm.scale[...] = p["n1"]
-        block.mlp_norm.scale[...] = p["n2"]
+
+    # The layers are one stacked block: each parameter has a leading layer axis.
+    def stacked(name, shape):
+        return np.stack([np.asarray(p[name]).reshape(shape) for p in params])
+
+    block = model.layers
+    block.attn.q.kernel[...] = stacked("q", (d, h, k))
+    block.attn.k.kernel[...] = stacked("k", (d, h, k))
+    block.attn.v.kernel[...] = stacked("v", (d, h, k))
+    block.attn.o.kernel[...] = stacked("o", (h, k, d))
+    block.mlp.gate.kernel[...] = stacked("gate", params[0]["gate"].shape)
+    block.mlp.up.kernel[...] = stacked("up", params[0]["up"].shape)
+    block.mlp.down.kernel[...] = stacked("down", params[0]["down"].shape)
+    block.attn_norm.scale[...] = stacked("n1", params[0]["n1"].shape)
+    block.mlp_norm.scale[...] = stacked("n2", params[0]["n2"].shape)
     return model
 
 

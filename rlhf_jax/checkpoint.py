@@ -273,6 +273,13 @@ def read_artifact_meta(directory: str | pathlib.Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
 
 
+def artifact_tree(directory: str | pathlib.Path) -> dict[str, Any]:
+    """The nested names of an artifact's saved parameters (each leaf: its array's metadata)."""
+    with ocp.StandardCheckpointer() as ckptr:
+        metadata = ckptr.metadata(pathlib.Path(directory).absolute() / "params")
+    return dict(metadata.item_metadata.tree)
+
+
 def load_artifact(
     directory: str | pathlib.Path, abstract_params, *, expect: Mapping[str, Any] | None = None
 ):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlhf_jax import losses, models
+from rlhf_jax import models
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.generation import SamplingConfig, sample
 from rlhf_jax.models.tokenizer import decode_responses
@@ -89,8 +89,11 @@ class Scorer:
         def logprob(params, rest, p, pm, r, rm):
             tokens, attn, pos = seq(p, pm, r, rm)
             m = nnx.merge(model.graphdef, params, rest)
-            logits = m(tokens, positions_BxT=pos, attn_mask_BxT=attn)[:, p.shape[1] - 1 : -1]
-            return losses.sequence_logprobs(logits, r, rm, temperature=temperature)[1]
+            h = m.hidden_states(tokens, positions_BxT=pos, attn_mask_BxT=attn)
+            stats = m.token_logprobs(
+                h[:, p.shape[1] - 1 : -1], r, rm.astype(bool), temperature=temperature
+            )
+            return jnp.sum(stats.logp_BxN, axis=-1)
 
         self._reward, self._logprob = jax.jit(reward), jax.jit(logprob)
 

@@ -23,6 +23,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import models
@@ -30,6 +31,8 @@ from rlhf_jax import sharding as sharding_lib
 
 Head = Literal["lm", "reward", "value"]
 HEADS = ("lm", "reward", "value")
+# ModelSource fields that, when set, replace the ModelConfig field of the same name.
+STEP_SETTINGS = ("remat", "attention", "logprob_chunk", "scan_unroll")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -37,7 +40,10 @@ class ModelSource:
     """Where a model comes from: ``hf_path``, else ``artifact``, else a random init of ``init``.
 
     A preset may carry an ``init`` architecture and the user point ``hf_path`` or ``artifact``
-    at weights: loaded weights win, and ``init`` is then unused.
+    at weights: loaded weights win, and ``init`` is then unused. Whatever the origin, the
+    source's dtypes replace the architecture's, and so do its step settings (remat, attention,
+    log-prob chunk, scan unroll) where set; left at None, the architecture's own (an HF
+    checkpoint's: `models.ModelConfig`'s defaults; an artifact's: what it was trained with).
     """
 
     hf_path: str | None = None  # an HF checkpoint directory (config.json + safetensors)
@@ -46,6 +52,11 @@ class ModelSource:
     tokenizer: str | None = None  # tokenizer directory; defaults to hf_path
     dtype: str = "float32"  # compute dtype (bfloat16 on accelerators)
     param_dtype: str = "float32"  # storage dtype of the parameters
+    # How the steps run (`models.ModelConfig`'s fields of the same names; None: the config's):
+    remat: str | None = None  # "none", "block" or "dots": what a scanned block keeps for backward
+    attention: str | None = None  # "xla" or "cudnn" (GPUs, bfloat16/float16)
+    logprob_chunk: int | None = None  # LM-head rows per log-prob chunk (0: automatic)
+    scan_unroll: int | None = None  # layers per iteration of the scanned layer loop
 
     def __post_init__(self):
         if self.hf_path is not None and self.artifact is not None:
@@ -68,14 +79,16 @@ class ModelSource:
 
 
 def model_config(source: ModelSource) -> models.ModelConfig:
-    """The source's architecture, with its compute and storage dtypes."""
+    """The source's architecture, with its dtypes and the step settings it sets."""
     if source.origin == "hf":
         cfg, _ = models.load_config(source.hf_path)
     elif source.origin == "artifact":
         cfg = models.ModelConfig.from_dict(ckpt_lib.read_artifact_meta(source.artifact)["model"])
     else:
         cfg = source.init
-    return cfg.replace(dtype=source.dtype, param_dtype=source.param_dtype)
+    settings = {name: getattr(source, name) for name in STEP_SETTINGS}
+    settings = {name: value for name, value in settings.items() if value is not None}
+    return cfg.replace(dtype=source.dtype, param_dtype=source.param_dtype, **settings)
 
 
 def build_module(config: models.ModelConfig, head: Head, seed: int) -> nnx.Module:
@@ -171,8 +184,41 @@ def _artifact_head(meta: Mapping, directory) -> str:
 def _load_artifact(directory, module_fn, mesh) -> nnx.State:
     _, abstract, _ = split_model(nnx.eval_shape(module_fn))
     target = abstract_like(abstract, sharding_lib.state_shardings(abstract, mesh))
+    if "0" in ckpt_lib.artifact_tree(directory).get("trunk", {}).get("layers", {}):
+        return _load_per_layer_artifact(directory, target)
     params, _ = ckpt_lib.load_artifact(directory, target)
     return params
+
+
+def _load_per_layer_artifact(directory, target: nnx.State) -> nnx.State:
+    """An artifact saved when each layer had its own parameters (``trunk.layers.<i>.*``, before
+    the layers were stacked for `jax.lax.scan`): each layer restored with its slice's sharding,
+    then stacked into ``target``'s ``layers`` axis."""
+    pure = nnx.to_pure_dict(target)
+    stacked = pure["trunk"]["layers"]
+    count = jax.tree.leaves(stacked)[0].shape[0]
+
+    def layer_target(x):
+        spec = tuple(x.sharding.spec) + (None,) * (len(x.shape) - len(x.sharding.spec))
+        sharding = NamedSharding(x.sharding.mesh, PartitionSpec(*spec[1:]))
+        return jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sharding)
+
+    per_layer = jax.tree.map(layer_target, stacked)
+    saved = {
+        **pure,
+        "trunk": {**pure["trunk"], "layers": {str(i): per_layer for i in range(count)}},
+    }
+    # Saved as variables: each array under a "value" key.
+    restored, _ = ckpt_lib.load_artifact(directory, jax.tree.map(lambda x: {"value": x}, saved))
+    restored = jax.tree.map(
+        lambda v: v["value"], restored, is_leaf=lambda v: isinstance(v, dict) and "value" in v
+    )
+    layers = [restored["trunk"]["layers"][str(i)] for i in range(count)]
+    restored["trunk"]["layers"] = jax.tree.map(
+        lambda t, *xs: jax.device_put(jnp.stack(xs), t.sharding), stacked, *layers
+    )
+    nnx.replace_by_pure_dict(target, restored)
+    return target
 
 
 def _given_weights(source: ModelSource, cfg, head: Head, seed: int, mesh, new_head: bool):

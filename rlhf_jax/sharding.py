@@ -38,6 +38,7 @@ DEFAULT_RULES: Mapping[str, str | None] = {
     "head_dim": None,
     "mlp": "tensor",
     "positions": None,
+    "layers": None,  # the scanned blocks: each device holds every layer's slice
 }
 
 

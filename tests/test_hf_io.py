@@ -59,7 +59,7 @@ def test_bfloat16_checkpoint_loads(tmp_path):
     make_hf_model("llama").to(torch.bfloat16).save_pretrained(tmp_path)
     model = load_pretrained(tmp_path)
     expected = hf.model.layers[0].self_attn.q_proj.weight.detach().to(torch.bfloat16).float()
-    ours = np.asarray(model.trunk.layers[0].attn.q.kernel[...]).reshape(64, 64).T
+    ours = np.asarray(model.trunk.layers.attn.q.kernel[...][0]).reshape(64, 64).T
     np.testing.assert_array_equal(ours, expected.numpy())
 
 

@@ -114,11 +114,11 @@ def test_params_carry_logical_axis_names():
     }
     with nn.logical_axis_rules(list(rules.items())):
         specs = nnx.get_partition_spec(state)
-    assert specs["trunk"]["layers"][0]["attn"]["q"]["kernel"].get_value() == PartitionSpec(
-        "fsdp", "tensor", None
+    assert specs["trunk"]["layers"]["attn"]["q"]["kernel"].get_value() == PartitionSpec(
+        None, "fsdp", "tensor", None
     )
-    assert specs["trunk"]["layers"][0]["mlp"]["down"]["kernel"].get_value() == PartitionSpec(
-        "tensor", "fsdp"
+    assert specs["trunk"]["layers"]["mlp"]["down"]["kernel"].get_value() == PartitionSpec(
+        None, "tensor", "fsdp"
     )
 
 

@@ -15,10 +15,10 @@ With a response window W (``collate(..., window=W)``, SFT and preferences only):
                                    row b's response starts at p_b, so window[b, j] = p_b - 1 + j
                                    for j < its length (EOS included), 0 after
     {prefix}window_mask_BxW bool   True at the slots that hold a response position
-A step then computes logits on B×W positions instead of B×T (``rlhf_jax.training.sft.
-response_logits``): W is the smallest bucket length that holds the batch's longest response
-(`response_window`), so a long prompt with a short response does not pay for vocabulary
-projections it does not use.
+A step then computes logits on B×W positions instead of B×T
+(``rlhf_jax.training.responses.response_logprobs``): W is the smallest bucket length that
+holds the batch's longest response (`response_window`), so a long prompt with a short
+response does not pay for vocabulary projections it does not use.
 Rankings hold the K responses of a prompt on an extra axis: tokens_BxKxT, loss_mask_BxKxT,
 attn_mask_BxKxT, positions_BxKxT, plus mask_BxK (True where response k exists) and ranks_BxK
 (int32, 0 = best; 0 under mask_BxK False).

@@ -24,6 +24,7 @@ from flax import nnx
 from jax import lax
 
 from rlhf_jax.generation.sampling import SamplingConfig, sample_token
+from rlhf_jax.models.layers import is_matrix, is_variable
 from rlhf_jax.models.transformer import CausalLM, positions_from_mask
 
 
@@ -36,15 +37,16 @@ class Generation:
 
 
 def compute_dtype_matrices(params: nnx.State, dtype: str) -> nnx.State:
-    """`params` with every floating matrix (ndim ≥ 2: projections, embeddings, LM head) cast to
-    `dtype`; vectors (norm scales, biases) keep their storage dtype."""
+    """`params` with every floating matrix (projections, embeddings, LM head: `is_matrix`) cast
+    to `dtype`; vectors (norm scales, biases) keep their storage dtype."""
 
     def cast(x):
-        if x.ndim >= 2 and jnp.issubdtype(x.dtype, jnp.floating):
-            return x.astype(dtype)
-        return x
+        value = x.get_value() if is_variable(x) else x
+        if not (is_matrix(x) and jnp.issubdtype(value.dtype, jnp.floating)):
+            return x
+        return x.replace(value.astype(dtype)) if is_variable(x) else value.astype(dtype)
 
-    return jax.tree.map(cast, params)
+    return jax.tree.map(cast, params, is_leaf=is_variable)
 
 
 def sample(
@@ -86,8 +88,15 @@ def sample(
     prompt_mask_BxP = prompt_mask_BxP.astype(bool)
     positions_BxP = positions_from_mask(prompt_mask_BxP)
     cache = model.init_cache(b, p + n - 1)
+    # Each layer's parameters sliced from the stacked ones once, here: sliced inside the loop
+    # body, XLA:CPU copied every layer's weights on every decode step.
+    blocks = model.trunk.layer_blocks()
     h_BxPxD, cache = model.trunk(
-        prompt_BxP, positions_BxT=positions_BxP, attn_mask_BxT=prompt_mask_BxP, cache=cache
+        prompt_BxP,
+        positions_BxT=positions_BxP,
+        attn_mask_BxT=prompt_mask_BxP,
+        cache=cache,
+        blocks=blocks,
     )
     # Only the last prompt position's distribution is needed: skip the other P − 1 rows of
     # the (D × V) head matmul.
@@ -110,6 +119,7 @@ def sample(
             positions_BxT=(prompt_len_B + i - 1)[:, None],
             attn_mask_BxT=jnp.ones((b, 1), bool),
             cache=cache,
+            blocks=blocks,
         )
         token_B, logprob_B = sample_token(logits_Bx1xV[:, 0], jax.random.fold_in(key, i), config)
         token_B = jnp.where(done_B, config.pad_id, token_B)

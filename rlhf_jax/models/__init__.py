@@ -21,8 +21,11 @@ T time, D width, V vocabulary.
   `model.score(...)` → (B,) at each row's last valid token (or averaged over the response,
   `pool_scores`). `ScalarHead` alone is a value head on another model's hidden states.
 - Parameters are `nnx.Param`s whose `out_sharding` metadata holds logical axis names
-  (`transformer.LOGICAL_AXES`: vocab, embed, heads, kv_heads, head_dim, mlp, positions) for the
-  sharding rules to map onto mesh axes.
+  (`transformer.LOGICAL_AXES`: vocab, embed, heads, kv_heads, head_dim, mlp, positions, layers)
+  for the sharding rules to map onto mesh axes. The blocks are one `Block` with a leading
+  ``layers`` axis on every parameter (`model.trunk.layers`), applied with `jax.lax.scan`.
+- `CausalLM.token_logprobs(h, targets, mask, temperature=, entropy=)` → log-probs (and
+  entropies) of the tokens `h` predicts, the LM head run in chunks of rows.
 - `load_pretrained` / `load_scalar_model` / `save_pretrained` read and write HF checkpoint
   directories (config.json + safetensors, sharded or not); `load_tokenizer` and
   `encode_prompts` handle tokenizers and chat templates.
@@ -48,6 +51,7 @@ from rlhf_jax.models.transformer import (
     LOGICAL_AXES,
     CausalLM,
     KVCache,
+    TokenStats,
     Transformer,
     positions_from_mask,
 )
@@ -62,6 +66,7 @@ __all__ = [
     "RopeScaling",
     "ScalarHead",
     "ScalarModel",
+    "TokenStats",
     "Transformer",
     "at_last_valid",
     "decode_responses",

@@ -24,6 +24,16 @@ import numpy as np
 
 ModelType = Literal["llama", "qwen2", "gpt2", "gpt_neox"]
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "gpt2", "gpt_neox")
+# remat, per scanned block: "none" keeps every activation the backward pass needs; "block"
+# keeps only each block's input and recomputes the rest; "dots" also keeps the outputs of the
+# weight matmuls (everything but attention's and the elementwise ops' is recomputed).
+REMAT_POLICIES: tuple[str, ...] = ("none", "block", "dots")
+# attention: "xla" (XLA's fused softmax(q kᵀ) v, every device) or "cudnn" (cuDNN's flash
+# attention, GPUs in bfloat16/float16 only).
+ATTENTION_IMPLS: tuple[str, ...] = ("xla", "cudnn")
+# Log-probs run the LM head over at most this many logits at a time (256 MiB in float32), so
+# that a step never holds B × T × V of them: e.g. 441 rows of Qwen2's 151,936-token vocabulary.
+LOGPROB_CHUNK_ELEMENTS = 1 << 26
 
 # HF activation names → ours. "gelu_tanh" is GPT-2's tanh approximation of GELU.
 _ACTIVATIONS = {
@@ -80,6 +90,11 @@ class ModelConfig:
     pad_token_id: int | None = None
     dtype: str = "float32"  # compute dtype of activations (e.g. "bfloat16")
     param_dtype: str = "float32"  # storage dtype of parameters
+    # How the step runs, not what the model computes (HF export ignores these):
+    remat: Literal["none", "block", "dots"] = "none"  # what a scanned block keeps for backward
+    attention: Literal["xla", "cudnn"] = "xla"  # jax.nn.dot_product_attention's implementation
+    logprob_chunk: int = 0  # LM-head rows per log-prob chunk (0: as fit LOGPROB_CHUNK_ELEMENTS)
+    scan_unroll: int = 1  # layers per iteration of the scanned layer loop (≥ num_layers: unrolled)
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -96,6 +111,13 @@ class ModelConfig:
             raise ValueError(f"rotary_dim must be a positive even number; got {self.rotary_dim}")
         if self.rotary_dim > self.head_dim:
             raise ValueError(f"rotary_dim {self.rotary_dim} exceeds head_dim {self.head_dim}")
+        for field, allowed in (("remat", REMAT_POLICIES), ("attention", ATTENTION_IMPLS)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{field}={getattr(self, field)!r}; expected one of {allowed}")
+        if self.logprob_chunk < 0:
+            raise ValueError(f"logprob_chunk={self.logprob_chunk}; expected ≥ 0 (0: automatic)")
+        if self.scan_unroll < 1:
+            raise ValueError(f"scan_unroll={self.scan_unroll}; expected ≥ 1")
 
     @property
     def rope_inv_freq(self) -> np.ndarray:

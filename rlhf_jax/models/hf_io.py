@@ -53,6 +53,9 @@ _IGNORED = re.compile(
 # Tensor rules
 
 ParamPath = tuple  # a parameter path as nnx.to_flat_state gives it, e.g. ("trunk", "embed")
+# Rules name layer i's parameters per layer, ("trunk", "layers", i, "attn", "q", "kernel"), as the
+# checkpoint does; the model holds them stacked, ("trunk", "layers", "attn", "q", "kernel") with
+# layer i at index i of the leading axis. `_layer_paths` maps one onto the other.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +208,15 @@ def load_config(path: str | os.PathLike, **overrides) -> tuple[ModelConfig, dict
     return from_hf_dict(raw, source=str(file), **overrides), raw
 
 
+def _layer_paths(path: ParamPath, var) -> list[ParamPath] | None:
+    """The per-layer paths of a stacked parameter (its first axis named 'layers'), else None."""
+    names = var.get_metadata().get("out_sharding") or ()
+    if not names or names[0] != "layers":
+        return None
+    at = path.index("layers") + 1
+    return [(*path[:at], i, *path[at:]) for i in range(var.shape[0])]
+
+
 def _fill(module, rules: list[_Rule], ckpt: TensorFiles):
     """Replaces parameters of `module` by the checkpoint's tensors, as `rules` say.
 
@@ -213,14 +225,34 @@ def _fill(module, rules: list[_Rule], ckpt: TensorFiles):
     """
     graphdef, state = nnx.split(module)
     flat = dict(nnx.to_flat_state(state))
-    values = {}
+    # Layer i's tensor goes straight into slot i of its stacked parameter's buffer.
+    slot = {}
+    for path, var in flat.items():
+        for i, layer_path in enumerate(_layer_paths(path, var) or ()):
+            slot[layer_path] = (path, i)
+    values, filled = {}, {}
     for rule in rules:
         # Some GPT-2 checkpoints on the hub (e.g. `gpt2` itself) store names without the
         # `transformer.` prefix.
         bare = (rule.hf_name.removeprefix("transformer."),)
         arrays = rule.to_ours(ckpt.get(rule.hf_name, rule.hf_shape, alternatives=bare))
         for path, arr in zip(rule.ours, arrays, strict=True):
-            values[path] = arr
+            if path not in slot:
+                values[path] = arr
+                continue
+            stacked, i = slot[path]
+            var = flat[stacked]
+            if stacked not in values:
+                values[stacked] = np.empty(var.shape, np.dtype(var.dtype))
+                filled[stacked] = set()
+            if tuple(arr.shape) != tuple(var.shape[1:]):  # a rule-table bug, not a user error
+                raise AssertionError(f"rule for {path} produced {arr.shape}, expected {var.shape}")
+            values[stacked][i] = arr
+            filled[stacked].add(i)
+    for path, layers in filled.items():
+        if len(layers) != flat[path].shape[0]:
+            missing = sorted(set(range(flat[path].shape[0])) - layers)
+            raise AssertionError(f"no checkpoint rule fills layers {missing} of {path}")
     new_flat = []
     for path, var in flat.items():
         if path in values:
@@ -338,7 +370,11 @@ def save_pretrained(
     else:
         raise TypeError(f"cannot export {type(model).__name__}; expected CausalLM or ScalarModel")
     out_dtype = jnp.dtype(dtype or cfg.param_dtype)
-    flat = {p: np.asarray(var.get_value()) for p, var in nnx.to_flat_state(nnx.state(model))}
+    flat = {}
+    for p, var in nnx.to_flat_state(nnx.state(model)):
+        value = np.asarray(var.get_value())
+        layers = _layer_paths(p, var)
+        flat.update(zip(layers, value, strict=True) if layers else [(p, value)])
     tensors = {}
     for rule in rules:
         t = np.asarray(rule.to_hf(*[flat[p] for p in rule.ours]))

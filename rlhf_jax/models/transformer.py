@@ -9,11 +9,16 @@ Block (pre-norm; Radford et al. 2019, Touvron et al. 2023):
     sequential:  x ← x + Attn(N₁(x));  x ← x + MLP(N₂(x))
     parallel:    x ← x + Attn(N₁(x)) + MLP(N₂(x))           (GPT-NeoX, Black et al. 2022)
 
-Attention: softmax(q kᵀ / √K + mask) v per head, with grouped-query attention
-(Ainslie et al. 2023): query head h reads KV head ⌊h / G⌋. RoPE (Su et al. 2021) rotates the
-first R dims of q and k by angle p·θᵢ, in HF's "rotate-half" pairing (dim i with i + R/2):
+Attention (RoPE, grouped-query heads, the fused and the cached path): `attention.py`.
 
-    [x₁, x₂] ↦ [x₁ cos − x₂ sin,  x₂ cos + x₁ sin]
+Layers as one scanned block: the L blocks are one `Block` whose every parameter has a leading
+``layers`` axis (layer i at index i, built from the same random stream as L separate blocks),
+applied with `jax.lax.scan` — split into graph and state outside, merged inside the body — so
+a forward's program size and compile time do not grow with depth. ``ModelConfig.remat`` wraps
+the body in `jax.checkpoint`; ``ModelConfig.scan_unroll`` runs that many layers per iteration
+(all of them: the unrolled program, which lets XLA fuse across layers — faster for a shallow
+model on a CPU). Decoding loops over the layers instead (static slices of the
+stacked parameters), so that each layer's KV cache stays its own buffer, updated in place.
 
 Logical axis names: every parameter carries `out_sharding` metadata naming its axes (with
 `eager_sharding=False`, so creating a model needs no mesh); the sharding module maps them to
@@ -27,6 +32,7 @@ with no rule through unchanged, so give every name a rule, `None` to replicate):
     'head_dim'   width within a head (K)
     'mlp'        MLP hidden units (F)
     'positions'  rows of GPT-2's learned position table
+    'layers'     the stacked blocks (L)
 
 Masks: attention takes `attn_mask_BxT` (True = real token) and `positions_BxT` separately, so a
 left-padded row gives the same logits at its real tokens as the unpadded sequence does. Rows of
@@ -35,11 +41,15 @@ pad queries attend to nothing real; a finite mask value keeps their (ignored) ou
 KV cache: (B, KV, S, K) per layer, preallocated, written in place with `dynamic_update_slice`.
 Keeping S second-to-last makes each decode step's q·kᵀ and p·v plain batched matmuls over the
 cache with no per-step transpose of the whole cache.
+
+Log-probs: `CausalLM.token_logprobs` runs the LM head, log-softmax, the token's log-prob and
+the entropy over chunks of rows (``ModelConfig.logprob_chunk``), each chunk rematerialised in
+the backward pass, so that no step holds B × T × V logits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import NamedTuple
 
 import flax.struct
 import jax
@@ -47,200 +57,17 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.losses.logprobs import entropy_from_logits, sequence_logprobs
+from rlhf_jax.models.attention import Attention, rope_sin_cos
+from rlhf_jax.models.config import LOGPROB_CHUNK_ELEMENTS, ModelConfig
+from rlhf_jax.models.layers import MLP, Dense, Norm, is_variable, normal_init, param
 
-LOGICAL_AXES = ("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "positions")
+LOGICAL_AXES = ("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "positions", "layers")
 
-# Finite rather than -inf: a fully masked row (a pad query) then softmaxes to a uniform, finite
-# distribution instead of NaN, and NaN cannot leak into gradients through jnp.where.
-_MASK_VALUE = float(jnp.finfo(jnp.float32).min)
-
-
-def _param(rngs: nnx.Rngs | None, init, shape, names, dtype) -> nnx.Param:
-    value = init(rngs.params() if rngs is not None else None, shape, dtype)
-    return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
-
-
-def _lead(p, ndim: int):
-    """`p` with leading unit axes up to `ndim` (explicit, since rank promotion is an error)."""
-    return p.reshape((1,) * (ndim - p.ndim) + p.shape)
-
-
-def _normal(std):
-    return lambda key, shape, dtype: std * jax.random.normal(key, shape, dtype)
-
-
-def _zeros(key, shape, dtype):
-    return jnp.zeros(shape, dtype)
-
-
-def _ones(key, shape, dtype):
-    return jnp.ones(shape, dtype)
-
-
-class Dense(nnx.Module):
-    """y = x·W (+ b), contracting the trailing `len(in_shape)` dims of x with W's leading dims.
-
-    Multi-dimensional kernels (e.g. (D, H, K) for q) keep heads a separate, shardable axis.
-    """
-
-    def __init__(
-        self,
-        in_shape: Sequence[int],
-        out_shape: Sequence[int],
-        *,
-        in_names: Sequence[str],
-        out_names: Sequence[str],
-        use_bias: bool,
-        config: ModelConfig,
-        rngs: nnx.Rngs,
-    ):
-        pdt = jnp.dtype(config.param_dtype)
-        shape = (*in_shape, *out_shape)
-        self.kernel = _param(rngs, _normal(config.init_std), shape, (*in_names, *out_names), pdt)
-        self.bias = _param(rngs, _zeros, tuple(out_shape), out_names, pdt) if use_bias else None
-        self.n_in = len(in_shape)
-        self.dtype = config.dtype
-
-    def __call__(self, x):
-        dtype = jnp.dtype(self.dtype)
-        y = jnp.tensordot(x.astype(dtype), self.kernel[...].astype(dtype), axes=self.n_in)
-        if self.bias is not None:
-            y = y + _lead(self.bias[...].astype(dtype), y.ndim)
-        return y
-
-
-class Norm(nnx.Module):
-    """RMSNorm, x·rsqrt(mean x² + ε)·g (Zhang & Sennrich 2019), or LayerNorm (Ba et al. 2016).
-
-    Statistics are taken in float32 whatever the compute dtype.
-    """
-
-    def __init__(self, config: ModelConfig):
-        pdt = jnp.dtype(config.param_dtype)
-        d = config.hidden_size
-        self.scale = _param(None, _ones, (d,), ("embed",), pdt)
-        self.bias = _param(None, _zeros, (d,), ("embed",), pdt) if config.norm == "layer" else None
-        self.eps = config.norm_eps
-        self.dtype = config.dtype
-
-    def __call__(self, x_BxTxD):
-        dtype = jnp.dtype(self.dtype)
-        x = x_BxTxD.astype(jnp.float32)
-        if self.bias is None:
-            x = x * lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
-            # HF casts back before the gain; do the same so bf16 runs round identically.
-            return x.astype(dtype) * _lead(self.scale[...].astype(dtype), x.ndim)
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        x = x - mean
-        x = x * lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
-        return (x * _lead(self.scale[...], x.ndim) + _lead(self.bias[...], x.ndim)).astype(dtype)
-
-
-def _activation(name: str, x):
-    if name == "silu":
-        return jax.nn.silu(x)
-    if name == "gelu":
-        return jax.nn.gelu(x, approximate=False)
-    if name == "gelu_tanh":
-        return jax.nn.gelu(x, approximate=True)
-    if name == "relu":
-        return jax.nn.relu(x)
-    raise ValueError(f"unknown activation {name!r}")
-
-
-class MLP(nnx.Module):
-    """Gated (SwiGLU, Shazeer 2020): down(act(gate x) ⊙ up x); plain: proj(act(fc x))."""
-
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        d, f = config.hidden_size, config.mlp_dim
-        kw = dict(use_bias=config.mlp_bias, config=config, rngs=rngs)
-        into = dict(in_names=("embed",), out_names=("mlp",))
-        out = dict(in_names=("mlp",), out_names=("embed",))
-        if config.gated_mlp:
-            self.gate = Dense((d,), (f,), **into, **kw)
-            self.up = Dense((d,), (f,), **into, **kw)
-            self.down = Dense((f,), (d,), **out, **kw)
-        else:
-            self.fc = Dense((d,), (f,), **into, **kw)
-            self.proj = Dense((f,), (d,), **out, **kw)
-        self.gated = config.gated_mlp
-        self.activation = config.activation
-
-    def __call__(self, x_BxTxD):
-        if self.gated:
-            return self.down(_activation(self.activation, self.gate(x_BxTxD)) * self.up(x_BxTxD))
-        return self.proj(_activation(self.activation, self.fc(x_BxTxD)))
-
-
-def rope_sin_cos(config: ModelConfig, positions_BxT):
-    """sin, cos of p·θᵢ, each (B, T, R/2), in float32 as HF computes them."""
-    inv_freq = jnp.asarray(config.rope_inv_freq)
-    angles = positions_BxT.astype(jnp.float32)[..., None] * inv_freq[None, None, :]
-    return jnp.sin(angles), jnp.cos(angles)
-
-
-def apply_rope(x_BxTxNxK, sin_BxTxH, cos_BxTxH):
-    """Rotates the first R = 2·sin.shape[-1] dims of each head (rotate-half pairing)."""
-    half = sin_BxTxH.shape[-1]
-    sin = sin_BxTxH[:, :, None, :].astype(x_BxTxNxK.dtype)
-    cos = cos_BxTxH[:, :, None, :].astype(x_BxTxNxK.dtype)
-    x1, x2 = x_BxTxNxK[..., :half], x_BxTxNxK[..., half : 2 * half]
-    rotated = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
-    if 2 * half < x_BxTxNxK.shape[-1]:
-        rotated.append(x_BxTxNxK[..., 2 * half :])
-    return jnp.concatenate(rotated, axis=-1)
-
-
-def attend(q_BxTxHxK, k_BxKVxSxK, v_BxKVxSxK, mask_BxTxS):
-    """softmax(q kᵀ/√K, masked) v with GQA; scores and softmax in float32. Returns (B,T,H,K)."""
-    b, t, h, k = q_BxTxHxK.shape
-    kv = k_BxKVxSxK.shape[1]
-    q = q_BxTxHxK.reshape(b, t, kv, h // kv, k)
-    scores = jnp.einsum("btngk,bnsk->bngts", q, k_BxKVxSxK, preferred_element_type=jnp.float32) * (
-        k**-0.5
-    )
-    scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKVxSxK.dtype)
-    out = jnp.einsum("bngts,bnsk->btngk", probs, v_BxKVxSxK)
-    return out.reshape(b, t, h, k)
-
-
-class Attention(nnx.Module):
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        d, h, kv, k = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
-        kw = dict(config=config, rngs=rngs)
-        self.q = Dense(
-            (d,), (h, k), in_names=("embed",), out_names=("heads", "head_dim"),
-            use_bias=config.qkv_bias, **kw,
-        )  # fmt: skip
-        self.k = Dense(
-            (d,), (kv, k), in_names=("embed",), out_names=("kv_heads", "head_dim"),
-            use_bias=config.qkv_bias, **kw,
-        )  # fmt: skip
-        self.v = Dense(
-            (d,), (kv, k), in_names=("embed",), out_names=("kv_heads", "head_dim"),
-            use_bias=config.qkv_bias, **kw,
-        )  # fmt: skip
-        self.o = Dense(
-            (h, k), (d,), in_names=("heads", "head_dim"), out_names=("embed",),
-            use_bias=config.out_bias, **kw,
-        )  # fmt: skip
-        self.use_rope = config.positions == "rope"
-
-    def __call__(self, x_BxTxD, *, sin_cos, mask_BxTxS, kv_cache=None, write_at=None):
-        """Returns (out_BxTxD, (k, v)); with `kv_cache` the new k, v are written at `write_at`."""
-        q, k, v = self.q(x_BxTxD), self.k(x_BxTxD), self.v(x_BxTxD)
-        if self.use_rope:
-            q, k = apply_rope(q, *sin_cos), apply_rope(k, *sin_cos)
-        k = k.transpose(0, 2, 1, 3)
-        v = v.transpose(0, 2, 1, 3)
-        if kv_cache is not None:
-            cache_k, cache_v = kv_cache
-            at = (0, 0, write_at, 0)
-            k = lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), at)
-            v = lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), at)
-        return self.o(attend(q, k, v, mask_BxTxS)), (k, v)
+_REMAT_POLICIES = {
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class Block(nnx.Module):
@@ -257,6 +84,38 @@ class Block(nnx.Module):
             return x_BxTxD + a + self.mlp(self.mlp_norm(x_BxTxD)), kv
         x = x_BxTxD + a
         return x + self.mlp(self.mlp_norm(x)), kv
+
+
+def stack_blocks(blocks: list[Block]) -> Block:
+    """One `Block` whose parameters are the blocks' stacked on a leading ``layers`` axis."""
+    graphdef, _ = nnx.split(blocks[0])
+    states = [nnx.split(block)[1] for block in blocks]
+
+    def stack(*variables):
+        names = variables[0].get_metadata().get("out_sharding") or ()
+        value = jnp.stack([v.get_value() for v in variables])
+        return variables[0].replace(value, out_sharding=("layers", *names))
+
+    return nnx.merge(graphdef, jax.tree.map(stack, *states, is_leaf=is_variable))
+
+
+def layer_slice(layers_state, i: int):
+    """Layer ``i``'s parameters from a stacked state (static index: a slice, not a gather)."""
+    return jax.tree.map(lambda x: x[i], layers_state)
+
+
+def _remat(body, policy: str):
+    if policy == "none":
+        return body
+    return jax.checkpoint(body, policy=_REMAT_POLICIES[policy], prevent_cse=False)
+
+
+class TokenStats(NamedTuple):
+    """`CausalLM.token_logprobs`' per-token results, each (B, N) and 0 / False under the mask."""
+
+    logp_BxN: jax.Array  # log softmax(logits / T)[target], float32
+    entropy_BxN: jax.Array | None  # entropy of softmax(logits / T) (with entropy=True)
+    correct_BxN: jax.Array | None  # argmax of the logits == target (with accuracy=True)
 
 
 @flax.struct.dataclass
@@ -292,18 +151,18 @@ class Transformer(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         pdt = jnp.dtype(config.param_dtype)
-        init = _normal(config.init_std)
+        init = normal_init(config.init_std)
         self.config = config
-        self.embed = _param(
+        self.embed = param(
             rngs, init, (config.vocab_size, config.hidden_size), ("vocab", "embed"), pdt
         )
         shape = (config.max_position_embeddings, config.hidden_size)
         self.pos_embed = (
-            _param(rngs, init, shape, ("positions", "embed"), pdt)
+            param(rngs, init, shape, ("positions", "embed"), pdt)
             if config.positions == "learned"
             else None
         )
-        self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.layers = stack_blocks([Block(config, rngs=rngs) for _ in range(config.num_layers)])
         self.final_norm = Norm(config)
 
     def __call__(
@@ -314,8 +173,12 @@ class Transformer(nnx.Module):
         attn_mask_BxT,
         cache: KVCache | None = None,
         mask_BxTxT=None,
+        blocks: tuple[Block, ...] | None = None,
     ):
         """Final-normed hidden states (B, T, D) and the updated cache (None without one).
+
+        ``blocks`` (with a cache): the layers as `layer_blocks` returns them, sliced once
+        outside a decode loop rather than in every step.
 
         ``mask_BxTxT`` (no cache), when given, replaces the causal mask built from
         ``attn_mask_BxT``: query t attends key s where it is True. Packed rows use it, e.g.
@@ -342,14 +205,20 @@ class Transformer(nnx.Module):
             x = x + jnp.take(self.pos_embed[...], positions_BxT, axis=0).astype(dtype)
         sin_cos = rope_sin_cos(cfg, positions_BxT) if cfg.positions == "rope" else None
         attn_mask_BxT = attn_mask_BxT.astype(bool)
+        graphdef, layers = nnx.split(self.layers)
         if cache is None:
             if mask_BxTxT is not None:
                 mask_BxTxS = mask_BxTxT.astype(bool)
             else:
                 causal_TxT = jnp.tril(jnp.ones((t, t), bool))
                 mask_BxTxS = causal_TxT[None] & attn_mask_BxT[:, None, :]
-            for layer in self.layers:
-                x, _ = layer(x, sin_cos=sin_cos, mask_BxTxS=mask_BxTxS)
+
+            def body(x, layer):
+                x, _ = nnx.merge(graphdef, layer)(x, sin_cos=sin_cos, mask_BxTxS=mask_BxTxS)
+                return x, None
+
+            unroll = min(cfg.scan_unroll, cfg.num_layers)
+            x, _ = lax.scan(_remat(body, cfg.remat), x, layers, unroll=unroll)
             return self.final_norm(x), None
         s = cache.valid_BxS.shape[1]
         if t > s:
@@ -359,7 +228,8 @@ class Transformer(nnx.Module):
         causal_TxS = jnp.arange(s)[None, :] <= query_slot_T[:, None]
         mask_BxTxS = causal_TxS[None] & valid_BxS[:, None, :]
         new_k, new_v = [], []
-        for layer, k, v in zip(self.layers, cache.k, cache.v, strict=True):
+        blocks = self.layer_blocks() if blocks is None else blocks
+        for layer, k, v in zip(blocks, cache.k, cache.v, strict=True):
             x, (k, v) = layer(
                 x, sin_cos=sin_cos, mask_BxTxS=mask_BxTxS, kv_cache=(k, v), write_at=cache.end
             )
@@ -367,6 +237,13 @@ class Transformer(nnx.Module):
             new_v.append(v)
         cache = KVCache(k=tuple(new_k), v=tuple(new_v), valid_BxS=valid_BxS, end=cache.end + t)
         return self.final_norm(x), cache
+
+    def layer_blocks(self) -> tuple[Block, ...]:
+        """The L layers as separate `Block`s (static slices of the stacked parameters)."""
+        graphdef, layers = nnx.split(self.layers)
+        return tuple(
+            nnx.merge(graphdef, layer_slice(layers, i)) for i in range(self.config.num_layers)
+        )
 
 
 class CausalLM(nnx.Module):
@@ -413,10 +290,66 @@ class CausalLM(nnx.Module):
             "btd,dv->btv", h_BxTxD.astype(dtype), w_DxV, preferred_element_type=jnp.float32
         )
 
-    def decode(self, tokens_BxT, *, positions_BxT, attn_mask_BxT, cache: KVCache):
-        """Logits (B, T, V) of `tokens` appended at the cache's end, and the updated cache."""
+    def token_logprobs(
+        self,
+        h_BxNxD,
+        targets_BxN,
+        mask_BxN,
+        *,
+        temperature=1.0,
+        entropy: bool = False,
+        accuracy: bool = False,
+    ) -> TokenStats:
+        """Per-token statistics of ``targets`` under the LM head on the hidden states that
+        predict them — `losses.sequence_logprobs` (and `losses.entropy_from_logits`, and
+        whether the argmax is the target) of ``self.logits(h)``, without B × N × V logits.
+
+        Rows (B·N of them) go through the LM head in chunks of ``config.logprob_chunk`` (0:
+        as many as fit `LOGPROB_CHUNK_ELEMENTS` logits), one chunk at a time under
+        `jax.lax.map`; the backward pass recomputes each chunk's logits rather than keeping
+        them. A batch that fits one chunk takes the unchunked path.
+        """
+        b, n = h_BxNxD.shape[:2]
+        for name, arr in (("targets_BxN", targets_BxN), ("mask_BxN", mask_BxN)):
+            if arr.shape != (b, n):
+                raise ValueError(f"{name} has shape {arr.shape}; expected {(b, n)}")
+
+        def one(h, targets, mask):
+            logits = self.logits(h)
+            logp, _ = sequence_logprobs(logits, targets, mask, temperature=temperature)
+            ent = entropy_from_logits(logits, mask, temperature=temperature) if entropy else None
+            correct = ((jnp.argmax(logits, axis=-1) == targets) & mask) if accuracy else None
+            return TokenStats(logp, ent, correct)
+
+        rows = b * n
+        limit = self.config.logprob_chunk or max(
+            1, LOGPROB_CHUNK_ELEMENTS // self.config.vocab_size
+        )
+        if rows <= limit:
+            return one(h_BxNxD, targets_BxN, mask_BxN.astype(bool))
+        count = -(-rows // limit)
+        chunk = -(-rows // count)  # as many chunks, as even as they come
+        pad = count * chunk - rows
+
+        def chunked(x, fill):
+            x = x.reshape(rows, *x.shape[2:])
+            x = jnp.concatenate([x, jnp.full((pad, *x.shape[1:]), fill, x.dtype)])
+            return x.reshape(count, 1, chunk, *x.shape[1:])
+
+        args = (chunked(h_BxNxD, 0), chunked(targets_BxN, 0), chunked(mask_BxN.astype(bool), 0))
+        stats = lax.map(jax.checkpoint(lambda a: one(*a), prevent_cse=False), args)
+        unchunked = lambda x: None if x is None else x.reshape(-1)[:rows].reshape(b, n)
+        return TokenStats(*map(unchunked, stats))
+
+    def decode(self, tokens_BxT, *, positions_BxT, attn_mask_BxT, cache: KVCache, blocks=None):
+        """Logits (B, T, V) of `tokens` appended at the cache's end, and the updated cache
+        (``blocks``: `Transformer.layer_blocks`, taken once outside a decode loop)."""
         h, cache = self.trunk(
-            tokens_BxT, positions_BxT=positions_BxT, attn_mask_BxT=attn_mask_BxT, cache=cache
+            tokens_BxT,
+            positions_BxT=positions_BxT,
+            attn_mask_BxT=attn_mask_BxT,
+            cache=cache,
+            blocks=blocks,
         )
         return self.logits(h), cache
 

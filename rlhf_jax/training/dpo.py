@@ -70,7 +70,7 @@ def pair_logprobs(graphdef, params, rest, batch, *, share_prompt=False):
     )
     fwd = pairs.forward(apply, batch, share_prompt=share_prompt)
     h, targets, mask, lengths = pairs.response_hidden(fwd)
-    _, seq_logp = losses.sequence_logprobs(model.logits(h), targets, mask)
+    seq_logp = jnp.sum(model.token_logprobs(h, targets, mask.astype(bool)).logp_BxN, axis=-1)
     n = batch["chosen_tokens_BxT"].shape[0]
     return (seq_logp[:n], seq_logp[n:]), (lengths[:n], lengths[n:]), fwd.unshared_prompts
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-import jax
-import jax.numpy as jnp
 import optax
+
+from rlhf_jax.models.layers import matrix_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +54,6 @@ def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
     """The optax transformation of ``config`` for a run of ``total_steps`` optimizer steps."""
 
-    def decay_mask(params):
-        return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
-
     schedule = make_schedule(config, total_steps)
     if config.name == "sgd":
         base = optax.sgd(schedule)
@@ -68,7 +65,7 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientT
             eps=config.eps,
             eps_root=config.eps_root,
             weight_decay=config.weight_decay,
-            mask=decay_mask,
+            mask=matrix_mask,
         )
     else:
         raise ValueError(f"optimizer.name={config.name!r}; expected 'adamw' or 'sgd'")

@@ -25,8 +25,9 @@ def response_hidden(h_BxTxD, batch):
     return h, targets, batch["window_mask_BxW"]
 
 
-def response_logits(graphdef, params, rest, batch):
-    """(logits (B, N, V), targets (B, N), mask (B, N)): the LM's predictions of the response."""
+def response_logprobs(graphdef, params, rest, batch, **stats):
+    """(`models.TokenStats` (B, N), mask (B, N)): the LM's log-probs of the response tokens
+    (``stats``: `CausalLM.token_logprobs`' options, e.g. ``accuracy=True``)."""
     model = nnx.merge(graphdef, params, rest)
     h = model.hidden_states(
         batch["tokens_BxT"],
@@ -34,4 +35,5 @@ def response_logits(graphdef, params, rest, batch):
         attn_mask_BxT=batch["attn_mask_BxT"],
     )
     h, targets, mask = response_hidden(h, batch)
-    return model.logits(h), targets, mask
+    mask = mask.astype(bool)
+    return model.token_logprobs(h, targets, mask, **stats), mask

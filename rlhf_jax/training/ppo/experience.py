@@ -32,19 +32,23 @@ def sequence(episodes):
     return tokens, attn
 
 
-def lm_logprobs(model, tokens_BxL, attn_BxL, response_BxN, response_mask_BxN, t):
-    """Log-probs of the response under ``model`` at temperature ``t``, the logits at its
-    positions, and the final hidden states (a shared-trunk value head reads them)."""
+def lm_logprobs(model, tokens_BxL, attn_BxL, response_BxN, response_mask_BxN, t, *, entropy):
+    """Log-probs of the response under ``model`` at temperature ``t``, the entropies at its
+    positions (with ``entropy``, else None), and the final hidden states (a shared-trunk value
+    head reads them). The LM head runs in chunks of rows (`CausalLM.token_logprobs`)."""
     p = tokens_BxL.shape[1] - response_BxN.shape[1]
     h_BxLxD = model.hidden_states(
         tokens_BxL, positions_BxT=positions_from_mask(attn_BxL), attn_mask_BxT=attn_BxL
     )
-    # The logits at position P − 1 + i predict response token i.
-    logits_BxNxV = model.logits(h_BxLxD[:, p - 1 : -1])
-    logp_BxN, _ = losses.sequence_logprobs(
-        logits_BxNxV, response_BxN, response_mask_BxN, temperature=t
+    # The hidden state at position P − 1 + i predicts response token i.
+    stats = model.token_logprobs(
+        h_BxLxD[:, p - 1 : -1],
+        response_BxN,
+        response_mask_BxN.astype(bool),
+        temperature=t,
+        entropy=entropy,
     )
-    return logp_BxN, logits_BxNxV, h_BxLxD
+    return stats.logp_BxN, stats.entropy_BxN, h_BxLxD
 
 
 def values(critic_params, frozen, tokens_BxL, attn_BxL, h_BxLxD, n, *, statics, config):
@@ -197,9 +201,8 @@ def score(
     n, t = response.shape[1], config.temperature
     policy = nnx.merge(statics.policy, state.policy, state.frozen["policy_rest"])
     reference = nnx.merge(statics.policy, state.frozen["reference"], state.frozen["policy_rest"])
-    logp, logits, hidden = lm_logprobs(policy, tokens, attn, response, mask, t)
-    ref_logp, _, _ = lm_logprobs(reference, tokens, attn, response, mask, t)
-    entropy = losses.entropy_from_logits(logits, mask, temperature=t)
+    logp, entropy, hidden = lm_logprobs(policy, tokens, attn, response, mask, t, entropy=True)
+    ref_logp, _, _ = lm_logprobs(reference, tokens, attn, response, mask, t, entropy=False)
 
     combined, raw, parts = combined_scores(state, episodes, host_scores_B, statics=statics)
     eos_B = has_eos(response, mask, statics.eos_ids)

@@ -100,13 +100,11 @@ def policy_loss(params, frozen, batch, *, statics: Statics, config: PPOConfig):
     tokens, attn = experience.sequence(batch)
     response, mask = batch["response_BxN"], batch["response_mask_BxN"]
     policy = nnx.merge(statics.policy, params, frozen["policy_rest"])
-    logp, logits, hidden = experience.lm_logprobs(
-        policy, tokens, attn, response, mask, config.temperature
+    logp, entropy_BxN, hidden = experience.lm_logprobs(
+        policy, tokens, attn, response, mask, config.temperature, entropy=True
     )
     loss, metrics = surrogate(logp, batch, mask, config=config)
-    entropy = _aggregate(
-        losses.entropy_from_logits(logits, mask, temperature=config.temperature), mask, config
-    )
+    entropy = _aggregate(entropy_BxN, mask, config)
     total = loss - config.entropy_coef * entropy
     if config.kl_in_loss:
         kl = losses.kl_penalty(
