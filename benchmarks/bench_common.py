@@ -50,6 +50,27 @@ PROFILE_NAME = os.environ.get("RLHF_BENCH_PROFILE", "cpu")
 if PROFILE_NAME not in PROFILES:
     raise ValueError(f"RLHF_BENCH_PROFILE={PROFILE_NAME!r}; expected one of {sorted(PROFILES)}")
 PROFILE = PROFILES[PROFILE_NAME]
+# Our model's accelerator options for a run (ModelConfig.remat / attention / logprob_chunk /
+# scan_unroll), from RLHF_BENCH_MODEL="remat=block,attention=cudnn" (the driver sets it for its
+# workers; peers ignore it). Empty: the ModelConfig defaults.
+MODEL_FIELDS = {"remat": str, "attention": str, "logprob_chunk": int, "scan_unroll": int}
+
+
+def parse_model_options(text: str) -> dict:
+    """``"remat=block,attention=cudnn"`` -> ``{"remat": "block", "attention": "cudnn"}``."""
+    options = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name not in MODEL_FIELDS:
+            raise ValueError(
+                f"RLHF_BENCH_MODEL item {item!r}: expected field=value with field one of "
+                f"{sorted(MODEL_FIELDS)}"
+            )
+        options[name] = MODEL_FIELDS[name](value)
+    return options
+
+
+MODEL_OPTIONS = parse_model_options(os.environ.get("RLHF_BENCH_MODEL", ""))
 
 # The model. (B batch, T length.)
 FAMILY, LAYERS, WIDTH = PROFILE["family"], PROFILE["layers"], PROFILE["width"]

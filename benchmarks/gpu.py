@@ -6,6 +6,10 @@
    parameters computing in bfloat16, against TRL on the same GPU: PPO (batch 64, responses of
    128, split into rollout / score / update), SFT, reward model, generation, DPO.
 3. Ours alone on the "gpu-1.5b" profile (Qwen2-1.5B): SFT and reward steps.
+4. Our model's accelerator options (``PLAN``'s fourth column): cuDNN flash attention against
+   XLA's, the reward step's pairs packed ([prompt | chosen | rejected], a mask cuDNN takes as
+   a bias) against unpacked (plain causal + padding), and the remat policies "dots" and
+   "block" against none. These choose the defaults on a GPU.
 
 Then MFU of the SFT and reward steps (model FLOPs from ``bench_common.train_step_flops`` over
 the median step time, against the measured matmul ceiling), and decode bandwidth (bytes a
@@ -14,7 +18,7 @@ against the measured copy ceiling). Prints the tables last; ``--out`` gets
 ``gpu_results.json``, ``gpu_tables.md`` and the workers' logs.
 
     python3 benchmarks/gpu.py --out DIR                 # everything (about 8 minutes)
-    python3 benchmarks/gpu.py --out DIR --only gpu:ppo,gpu-1.5b:sft --repeats 3
+    python3 benchmarks/gpu.py --out DIR --only gpu:ppo,gpu-1.5b:sft@attention=cudnn --repeats 3
 
 Peers come from package folders (``$BENCH_PYTHONPATH_TRL``, ``$BENCH_PYTHONPATH_TRL112``);
 ``benchmarks/gpu_run.sh`` sets them up from carried wheels on a bare GPU machine.
@@ -37,18 +41,32 @@ BENCH = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 import bench_common as bc  # noqa: E402
 
-# (profile, row, peers), most wanted first: a run that runs out of time keeps the first ones.
+# (profile, row, peers, our model options), most wanted first: a run that runs out of time keeps
+# the first ones. The options are ModelConfig fields (RLHF_BENCH_MODEL, bench_common): the
+# ModelConfig defaults (remat "none", XLA attention) first, then cuDNN flash attention, the reward
+# step's pairs unpacked (chosen and rejected as separate rows, which cuDNN takes as plain causal
+# + padding, against the packed [prompt | chosen | rejected] mask), and the remat policies. The
+# 1.5B rows keep the matmul outputs only: without remat, XLA:CPU's plan for the reward step
+# needs 138 GB of temporaries (benchmarks/memory.py), the whole of an H200.
 PLAN = [
-    ("gpu", "ppo", "trl112"),
-    ("gpu", "sft", "trl"),
-    ("gpu", "reward", "trl"),
-    ("gpu", "generate", "trl"),
-    ("gpu-1.5b", "sft", ""),
-    ("gpu-1.5b", "reward", ""),
-    ("gpu", "dpo", "trl"),
+    ("gpu", "ppo", "trl112", ""),
+    ("gpu", "sft", "trl", ""),
+    ("gpu", "sft", "", "attention=cudnn"),
+    ("gpu", "reward", "", "attention=cudnn"),
+    ("gpu", "reward_unpacked", "", "attention=cudnn"),
+    ("gpu", "generate", "trl", ""),
+    ("gpu-1.5b", "sft", "", "attention=cudnn,remat=dots"),
+    ("gpu-1.5b", "reward", "", "attention=cudnn,remat=dots"),
+    ("gpu", "sft", "", "attention=cudnn,remat=dots"),
+    ("gpu", "sft", "", "attention=cudnn,remat=block"),
+    ("gpu", "reward", "trl", ""),
+    ("gpu", "reward_unpacked", "", ""),
+    ("gpu", "dpo", "trl", "attention=cudnn"),
 ]
 # Rough cost of a row (start-up, compilation, warm-up and timing), to skip what cannot finish.
-ROW_BUDGET_S = {"ppo": 150, "sft": 60, "reward": 60, "generate": 50, "dpo": 80}
+ROW_BUDGET_S = {
+    "ppo": 150, "sft": 60, "reward": 60, "reward_unpacked": 60, "generate": 50, "dpo": 80,
+}  # fmt: skip
 DATASHEET_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16, vendor datasheet
 PEAK_KEYS = {"device", "jax", "matmul_n", "matmul_bf16_tflops", "copy_gbytes_per_s"}  # --peaks
 
@@ -126,15 +144,21 @@ def smoke() -> dict:
     }
 
 
-def run_row(profile, row, peers, args, artifacts, logs) -> dict:
-    out = pathlib.Path(f"/tmp/bench-{profile}-{row}.json")
+def plan_name(profile, row, model) -> str:
+    """``gpu:sft`` or, with model options, ``gpu:sft@attention=cudnn``."""
+    return f"{profile}:{row}" + (f"@{model}" if model else "")
+
+
+def run_row(profile, row, peers, model, args, artifacts, logs) -> dict:
+    name = plan_name(profile, row, model)
+    out = pathlib.Path(f"/tmp/bench-{name.replace(':', '-').replace('@', '-')}.json")
     cmd = [sys.executable, str(BENCH / "side_by_side.py"), "--rows", row, "--peers", peers]
     cmd += ["--repeats", str(args.repeats), "--warmup", str(args.warmup), "--same-python"]
     cmd += ["--parallel-warmup", "--artifacts", artifacts, "--json", str(out)]
     cmd += ["--log-dir", str(logs)]
-    env = dict(os.environ, RLHF_BENCH_PROFILE=profile)
+    env = dict(os.environ, RLHF_BENCH_PROFILE=profile, RLHF_BENCH_MODEL=model)
     t0 = time.perf_counter()
-    print(f"== {profile} {row} (peers: {peers or 'none'})", flush=True)
+    print(f"== {name} (peers: {peers or 'none'})", flush=True)
     limit = 3 * ROW_BUDGET_S[row]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -145,14 +169,36 @@ def run_row(profile, row, peers, args, artifacts, logs) -> dict:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
-        return {"profile": profile, "row": row, "error": f"stopped after {limit} s"}
+        return {"profile": profile, "row": row, "model": model, "error": f"stopped after {limit} s"}
     print(stdout[-3000:], stderr[-2000:] if proc.returncode else "", flush=True)
     if proc.returncode or not out.exists():
-        return {"profile": profile, "row": row, "error": (stderr or stdout)[-2000:]}
+        return {"profile": profile, "row": row, "model": model, "error": (stderr or stdout)[-2000:]}
     result = json.loads(out.read_text())
-    result["profile"], result["row"] = profile, row
+    result["profile"], result["row"], result["model"] = profile, row, model
     result["wall_s"] = time.perf_counter() - t0
     return result
+
+
+def _label(r: dict) -> str:
+    return r["row"] + (f" ({r['model']})" if r.get("model") else "")
+
+
+def parse_only(text: str) -> list[tuple]:
+    """``--only`` items, ``profile:row[@options]``, as plan entries (peers as the plan has them;
+    an item not in the plan runs ours alone)."""
+    by_name = {plan_name(p, row, model): (p, row, peers, model) for p, row, peers, model in PLAN}
+    plan = []
+    for name in text.split(","):
+        head, _, model = name.partition("@")
+        profile, sep, row = head.partition(":")
+        if not sep or profile not in bc.PROFILES or row not in ROW_BUDGET_S:
+            raise SystemExit(
+                f"--only item {name!r}: expected profile:row[@field=value,...] with a profile of "
+                f"{sorted(bc.PROFILES)} and a row of {sorted(ROW_BUDGET_S)}"
+            )
+        bc.parse_model_options(model)  # a bad field is named now, not in a worker
+        plan.append(by_name.get(name, (profile, row, "", model)))
+    return plan
 
 
 def tables(summary: dict) -> str:
@@ -172,7 +218,7 @@ def tables(summary: dict) -> str:
     mfu, bandwidth, splits = [], [], []
     for r in summary["rows"]:
         if "error" in r:
-            lines.append(f"| {r['profile']} | {r['row']} | failed: {r['error'][-200:]!r} | | |")
+            lines.append(f"| {r['profile']} | {_label(r)} | failed: {r['error'][-200:]!r} | | |")
             continue
         res = r["results"][0]["sides"]
         ours = res["ours"]
@@ -188,13 +234,13 @@ def tables(summary: dict) -> str:
         ratio = "—"
         if peer and peer["median_s"] and ours["median_s"]:
             ratio = f"{peer['median_s'] / ours['median_s']:.2f}x"
-        lines.append(f"| {r['profile']} | {r['row']} | {ms(ours)} | {ms(peer)} | {ratio} |")
+        lines.append(f"| {r['profile']} | {_label(r)} | {ms(ours)} | {ms(peer)} | {ratio} |")
         p = bc.PROFILES[r["profile"]]
         if ours["median_s"] and r["row"] in ("sft", "reward", "reward_unpacked") and pk:
             flops = bc.train_step_flops(r["row"], p)
             achieved = flops / ours["median_s"] / 1e12
             mfu.append(
-                f"| {r['profile']} | {r['row']} | {flops / 1e12:.1f} | "
+                f"| {r['profile']} | {_label(r)} | {flops / 1e12:.1f} | "
                 f"{ours['median_s'] * 1e3:,.1f} | {achieved:.0f} | "
                 f"{achieved / pk['matmul_bf16_tflops']:.1%} | "
                 f"{achieved / DATASHEET_BF16_TFLOPS:.1%} |"
@@ -258,7 +304,9 @@ def tables(summary: dict) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/gpu-bench")
-    parser.add_argument("--only", help="comma-separated profile:row items of the plan")
+    parser.add_argument(
+        "--only", help="comma-separated profile:row[@field=value...] items (as in the plan)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--budget-s", type=float, default=540, help="skip rows past this")
@@ -277,12 +325,9 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     logs = pathlib.Path("/tmp/gpu-bench-logs")
     logs.mkdir(exist_ok=True)
-    plan = PLAN
-    if args.only:
-        by_name = {f"{item[0]}:{item[1]}": item for item in PLAN}
-        plan = [by_name[name] for name in args.only.split(",")]  # in the order given
+    plan = parse_only(args.only) if args.only else PLAN  # in the order given
     if args.profile:
-        plan = [(args.profile, row, peers) for _, row, peers in plan]
+        plan = [(args.profile, row, peers, model) for _, row, peers, model in plan]
     summary = {"date": time.strftime("%Y-%m-%d"), "plan": plan, "rows": []}
     if args.peaks_json:
         summary["peaks"] = json.loads(args.peaks_json)
@@ -302,15 +347,20 @@ def main():
         (out / "gpu_results.json").write_text(json.dumps(summary, indent=1))
         (out / "gpu_tables.md").write_text(tables(summary) + "\n")
 
-    for profile, row, peers in plan:
+    for profile, row, peers, model in plan:
         left = args.budget_s - (time.perf_counter() - start)
         if left < ROW_BUDGET_S[row]:
             summary["rows"].append(
-                {"profile": profile, "row": row, "error": f"skipped: {left:.0f} s left"}
+                {
+                    "profile": profile,
+                    "row": row,
+                    "model": model,
+                    "error": f"skipped: {left:.0f} s left",
+                }
             )
             continue
         artifacts = f"/tmp/bench-models-{profile}"
-        summary["rows"].append(run_row(profile, row, peers, args, artifacts, logs))
+        summary["rows"].append(run_row(profile, row, peers, model, args, artifacts, logs))
         save()
     save()
     with tarfile.open(out / "gpu_logs.tar.gz", "w:gz") as tar:

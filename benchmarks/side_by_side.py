@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -157,8 +158,11 @@ class Worker:
                 return kind, payload
 
     def _tail(self):
+        """The worker's exception line (JAX prints a note on filtered frames after it), else
+        its last line."""
         lines = [x for x in self.log.read_text().splitlines() if x.strip()]
-        return lines[-1][-300:] if lines else "(no output)"
+        errors = [x for x in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Exit): ", x)]
+        return (errors or lines or ["(no output)"])[-1][-300:]
 
     def step(self) -> tuple[float, dict] | None:
         """One step: (seconds, the worker's part times, e.g. PPO's rollout/score/update)."""

@@ -97,7 +97,7 @@ def _train_step_server(model, loss_fn, batch, warmup, *, reference=False):
 
 
 def _place(art, name, head):
-    source = ModelSource(hf_path=os.path.join(art, name), dtype=bc.DTYPE)
+    source = ModelSource(hf_path=os.path.join(art, name), dtype=bc.DTYPE, **bc.MODEL_OPTIONS)
     return place_model(source, head=head, mesh=_mesh())
 
 
@@ -151,8 +151,8 @@ def run_ppo(art, warmup, *, fused=False):
     with tempfile.TemporaryDirectory() as run_dir:
         config = ppo_lib.PPORunConfig(
             run_dir=run_dir,
-            policy=ModelSource(hf_path=os.path.join(art, "lm"), dtype=bc.DTYPE),
-            reward=ModelSource(hf_path=os.path.join(art, "rm"), dtype=bc.DTYPE),
+            policy=ModelSource(hf_path=os.path.join(art, "lm"), dtype=bc.DTYPE, **bc.MODEL_OPTIONS),
+            reward=ModelSource(hf_path=os.path.join(art, "rm"), dtype=bc.DTYPE, **bc.MODEL_OPTIONS),
             prompts="(unused)",
             prompt_length=bc.PPO_PROMPT,
             prompts_per_iteration=bc.PPO_BATCH,
