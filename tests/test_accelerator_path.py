@@ -96,9 +96,9 @@ def _grad_program(cfg: ModelConfig, batch=2, length=32):
     return jax.jit(jax.grad(loss)).lower(params, tokens).compile()
 
 
-@pytest.mark.parametrize("unroll", [2, 3, 8])
+@pytest.mark.parametrize("unroll", [2, 3])
 def test_scan_unroll_changes_the_program_not_the_results(unroll):
-    """Unrolling 2 or 3 layers per iteration (3 leaves a remainder) or all of them."""
+    """Unrolling 2 of the 3 layers per iteration (a remainder of one) or all of them."""
     tokens, mask = random_batch(2, 2, 16, pads=[0, 4])
     base_loss, base_grads = _loss_and_grads(_model(num_layers=3), tokens, mask)
     loss, grads = _loss_and_grads(_model(num_layers=3, scan_unroll=unroll), tokens, mask)
@@ -249,20 +249,22 @@ def test_chunked_logprobs_equal_the_unchunked_path(arch, dtype):
     targets = jnp.asarray(rng.integers(0, 128, (2, 7)), jnp.int32)
     mask = jnp.asarray(rng.random((2, 7)) < 0.8)
     t = 0.7
-    got = _stats(model, h, targets, mask, t)
-    want = _unchunked(model, h, targets, mask, t)
+    graphdef, params = nnx.split(model)
+
+    def values(fn):
+        return jax.jit(lambda p, h: fn(nnx.merge(graphdef, p), h, targets, mask, t))(params, h)
+
+    got, want = values(_stats), values(_unchunked)
     for a, b in zip(got[:2], want[:2], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(got[2], want[2])
-
-    graphdef, params = nnx.split(model)
 
     def objective(fn):
         def f(params, h):
             logp, ent, _ = fn(nnx.merge(graphdef, params), h, targets, mask, t)
             return jnp.sum(logp) + 0.1 * jnp.sum(ent)
 
-        return jax.grad(f, argnums=(0, 1))(params, h)
+        return jax.jit(jax.grad(f, argnums=(0, 1)))(params, h)
 
     (g_params, g_h), (w_params, w_h) = objective(_stats), objective(_unchunked)
     # Chunks sum the head's gradient in another order; in bfloat16 each chunk's partial sum is
