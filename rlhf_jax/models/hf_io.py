@@ -28,12 +28,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors.numpy
 from flax import nnx
 
 from rlhf_jax.models.config import ModelConfig, from_hf_dict, to_hf_dict
 from rlhf_jax.models.heads import HeadKind, ScalarHead, ScalarModel
-from rlhf_jax.models.tensor_files import CheckpointError, TensorFiles
+from rlhf_jax.models.tensor_files import CheckpointError, TensorFiles, write_tensors
 from rlhf_jax.models.transformer import CausalLM
 
 _ARCHITECTURES = {  # model_type → (causal LM class, sequence-classification class)
@@ -386,27 +385,6 @@ def save_pretrained(
     directory.mkdir(parents=True, exist_ok=True)
     config = to_hf_dict(cfg.replace(param_dtype=str(out_dtype)), architecture=arch) | extra
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    meta = {"format": "pt"}  # transformers refuses safetensors files without a known format
-    if max_shard_bytes is None:
-        safetensors.numpy.save_file(tensors, directory / "model.safetensors", metadata=meta)
-    else:
-        shards: list[dict[str, np.ndarray]] = [{}]
-        size = 0
-        for name, t in tensors.items():
-            if shards[-1] and size + t.nbytes > max_shard_bytes:
-                shards.append({})
-                size = 0
-            shards[-1][name] = t
-            size += t.nbytes
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            safetensors.numpy.save_file(shard, directory / file, metadata=meta)
-            weight_map.update(dict.fromkeys(shard, file))
-        index = {
-            "metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
-            "weight_map": weight_map,
-        }
-        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    write_tensors(directory, tensors, max_shard_bytes=max_shard_bytes)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)

@@ -1,6 +1,6 @@
-"""Reading safetensors checkpoints: name → lazily memory-mapped tensor, over one file or a
-sharded index, with a small reader of our own (header + `np.memmap`), because the
-`safetensors` numpy backend cannot read bfloat16.
+"""Safetensors checkpoints: reading (name → lazily memory-mapped tensor, over one file or a
+sharded index, with a small reader of our own — header + `np.memmap` — because the
+`safetensors` numpy backend cannot read bfloat16) and writing (one file or shards + index).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+import safetensors.numpy
 
 
 class CheckpointError(ValueError):
@@ -80,3 +81,30 @@ class TensorFiles:
         return np.memmap(
             path, dtype=_ST_DTYPES[info["dtype"]], mode="r", offset=base + start, shape=tuple(shape)
         )
+
+
+def write_tensors(directory: Path, tensors: dict, *, max_shard_bytes: int | None = None) -> None:
+    """``model.safetensors``, or with ``max_shard_bytes`` shards
+    ``model-0000i-of-0000n.safetensors`` plus ``model.safetensors.index.json``."""
+    meta = {"format": "pt"}  # transformers refuses safetensors files without a known format
+    if max_shard_bytes is None:
+        safetensors.numpy.save_file(tensors, directory / "model.safetensors", metadata=meta)
+        return
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        if shards[-1] and size + t.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += t.nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        safetensors.numpy.save_file(shard, directory / file, metadata=meta)
+        weight_map.update(dict.fromkeys(shard, file))
+    index = {
+        "metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+        "weight_map": weight_map,
+    }
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
