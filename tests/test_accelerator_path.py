@@ -361,3 +361,28 @@ def test_an_artifact_saved_per_layer_loads_into_the_stacked_layers(tmp_path):
         reward.params["trunk"]["layers"]["mlp"]["down"]["kernel"][...],
         placed.params["trunk"]["layers"]["mlp"]["down"]["kernel"][...],
     )
+
+
+def test_weight_decay_skips_stacked_vectors():
+    """AdamW decays matrices only: a stacked norm scale is (L, D), two axes, but a vector per
+    layer — not decayed; a stacked (L, D, H, K) projection is. Zero gradients leave exactly the
+    decay: update = −lr · wd · θ on matrices, 0 elsewhere."""
+    from rlhf_jax.training.optimizer import OptimizerConfig, make_optimizer
+
+    model = _model(num_layers=3)
+    params = nnx.state(model, nnx.Param)
+    config = OptimizerConfig(
+        learning_rate=1.0, schedule="constant", weight_decay=0.5, max_grad_norm=None
+    )
+    tx = make_optimizer(config, total_steps=1)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = jax.jit(tx.update)(zeros, jax.jit(tx.init)(params), params)
+    layers, got = params["trunk"]["layers"], updates["trunk"]["layers"]
+    assert layers["attn_norm"]["scale"].shape == (3, model.config.hidden_size)
+    np.testing.assert_array_equal(got["attn_norm"]["scale"][...], 0.0)
+    np.testing.assert_allclose(
+        got["attn"]["q"]["kernel"][...], -0.5 * layers["attn"]["q"]["kernel"][...], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        updates["trunk"]["embed"][...], -0.5 * params["trunk"]["embed"][...], rtol=1e-6
+    )
