@@ -49,7 +49,7 @@ step traces at most once per bucket.
 from rlhf_jax.data.buckets import Fit, fit_to_bucket, truncate_prompt
 from rlhf_jax.data.collate import collate, response_window, window_indices
 from rlhf_jax.data.config import FORMATS, TOO_LONG_POLICIES, DataConfig
-from rlhf_jax.data.encoding import Example, TokenizedDataset, tokenize_rows
+from rlhf_jax.data.encoding import Example, TokenizedDataset, check_tokens, tokenize_rows
 from rlhf_jax.data.formats import KINDS, Record, detect_kind
 from rlhf_jax.data.iterator import BatchIterator, epoch_plan
 from rlhf_jax.data.loading import load_rows
@@ -72,6 +72,7 @@ __all__ = [
     "Record",
     "RowError",
     "TokenizedDataset",
+    "check_tokens",
     "collate",
     "detect_kind",
     "epoch_plan",

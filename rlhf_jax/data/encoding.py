@@ -224,3 +224,32 @@ def _encode_chunk(tokenizer, chunk, *, bucket_lengths, too_long, report) -> list
             prompt = truncate_prompt(prompt, fit.prompt_keep, bos_id=bos)
         out.append(Example(i, prompt, tuple(responses), fit.length, record.ranks))
     return out
+
+
+MAX_UNKNOWN_FRACTION = 0.2  # a share of <unk> tokens above this means the wrong tokenizer
+
+
+def check_tokens(dataset: TokenizedDataset, tokenizer, *, vocab_size: int) -> None:
+    """Refuses data that the tokenizer cannot have been meant for: an id past the model's
+    vocabulary, or more than `MAX_UNKNOWN_FRACTION` of the tokens ``<unk>`` (a word-level or
+    another model's tokenizer; a byte-level BPE tokenizer never produces one)."""
+    if not dataset.examples:
+        return
+    ids = np.concatenate(
+        [np.concatenate([e.prompt_ids, *e.response_ids]) for e in dataset.examples]
+    )
+    name = getattr(tokenizer, "name_or_path", "the tokenizer")
+    if ids.max() >= vocab_size:
+        raise ValueError(
+            f"{dataset.report.source}: token id {int(ids.max())} (tokenizer {name}) is past the "
+            f"model's vocabulary of {vocab_size}; use the model's own tokenizer (model.tokenizer)"
+        )
+    unk = tokenizer.unk_token_id
+    if unk is not None:
+        share = float(np.mean(ids == unk))
+        if share > MAX_UNKNOWN_FRACTION:
+            raise ValueError(
+                f"{dataset.report.source}: {share:.0%} of the tokens are {tokenizer.unk_token!r} "
+                f"under the tokenizer {name}: it is not the tokenizer of this data's model. Set "
+                "model.tokenizer (it defaults to model.hf_path, or the artifact's own)."
+            )

@@ -23,6 +23,10 @@ Preferences (kind "preference"):
     {"prompt": "...", "chosen": [user, assistant],                     # UltraFeedback-
      "rejected": [user, assistant]}                                    # binarized
     {"prompt": [user], "chosen": [assistant], "rejected": [assistant]} # TRL explicit
+    {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!",                     # Anthropic HH as
+     "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}                 # the dataset holds
+  Raw HH strings (no prompt column, each a transcript of "Human:" and "Assistant:" turns
+  after blank lines) are read as the message lists they write out.
   For message lists the last message of each must be the assistant's. When the lists carry
   the conversation (two or more messages), everything before the last message is the prompt
   and must be the same in chosen and rejected; the ``prompt`` column, if any, is then not
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import re
 from collections.abc import Iterable, Mapping
 
 from rlhf_jax.data import report as R
@@ -174,11 +179,33 @@ def parse_sft(row: Mapping) -> Record:
     return Record(prompt, (text,))
 
 
+# A turn of a raw Anthropic HH transcript: "\n\nHuman: ..." or "\n\nAssistant: ...".
+_HH_TURN = re.compile(r"(?:^\s*|\n\n)(Human|Assistant):[ ]?")
+
+
+def _is_hh(text) -> bool:
+    return isinstance(text, str) and text.lstrip().startswith("Human:")
+
+
+def _hh_messages(text: str, key: str) -> list[Message]:
+    """A raw HH transcript as messages (Human → user, Assistant → assistant)."""
+    parts = _HH_TURN.split(text)
+    if parts[0].strip():
+        raise R.RowError(R.BAD_MESSAGES, f"{key!r} has text before its first 'Human:' turn")
+    roles, contents = parts[1::2], parts[2::2]
+    return [
+        {"role": "user" if role == "Human" else "assistant", "content": content.strip()}
+        for role, content in zip(roles, contents, strict=True)
+    ]
+
+
 def parse_preference(row: Mapping) -> Record:
     chosen, rejected = row.get("chosen"), row.get("rejected")
     for key, value in (("chosen", chosen), ("rejected", rejected)):
         if value is None:
             raise R.RowError(R.MISSING_FIELD, f"{key!r} is missing or null")
+    if row.get("prompt") is None and _is_hh(chosen) and _is_hh(rejected):
+        chosen, rejected = _hh_messages(chosen, "chosen"), _hh_messages(rejected, "rejected")
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise R.RowError(
             R.WRONG_TYPE,

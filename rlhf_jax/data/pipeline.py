@@ -36,6 +36,8 @@ def load_train_eval(
     """(train, eval): eval from ``config.eval_split``, else a seeded ``config.eval_fraction``
     of the examples, else None. Rankings get one K for both."""
     train = load_data(config, tokenizer)
+    if not train.examples:
+        raise ValueError(f"data.path={config.path!r}: no usable examples\n{train.report.summary()}")
     if config.eval_split is not None:
         eval_ = load_data(config, tokenizer, split=config.eval_split)
         k = max(train.num_responses, eval_.num_responses)

@@ -91,7 +91,7 @@ class DataReport:
     def summary(self) -> str:
         """A few lines for the start of training: totals, then one line per reason."""
         lines = [
-            f"data {self.source}: {self.num_rows} rows, {self.num_kept} used, "
+            f"{self.source}: {self.num_rows} rows, {self.num_kept} used, "
             f"{self.num_dropped} dropped, {self.counts.get(TRUNCATED, 0)} truncated"
         ]
         actions = {TRUNCATED: "kept, prompt truncated", DUPLICATE: "kept"}
@@ -102,4 +102,9 @@ class DataReport:
                     f"  {reason}: {self.counts[reason]} ({action}); rows "
                     f"{self.example_rows[reason]}; e.g. {self.first_detail[reason]}"
                 )
+        if self.counts.get(TOO_LONG):
+            lines.append(
+                "  rows longer than the largest bucket are dropped: raise data.bucket_lengths, "
+                "or set data.too_long=truncate to cut their prompts"
+            )
         return "\n".join(lines)

@@ -200,9 +200,15 @@ def _score_rule(cfg: ModelConfig) -> _Rule:
 
 def load_config(path: str | os.PathLike, **overrides) -> tuple[ModelConfig, dict]:
     """(ModelConfig, raw config.json dict) from an HF directory; `overrides` replace fields."""
-    file = Path(path) / "config.json"
+    file = Path(path).expanduser() / "config.json"
+    if not file.parent.is_dir():
+        raise CheckpointError(
+            f"checkpoint directory not found: {path} (a local HF checkpoint: config.json + "
+            "safetensors; fetch a hub model first, e.g. `huggingface-cli download NAME "
+            "--local-dir DIR`)"
+        )
     if not file.exists():
-        raise CheckpointError(f"{file} does not exist")
+        raise CheckpointError(f"{file} does not exist: {path} is not an HF checkpoint directory")
     raw = json.loads(file.read_text())
     return from_hf_dict(raw, source=str(file), **overrides), raw
 

@@ -16,8 +16,16 @@ Messages = list[dict[str, str]]  # [{"role": "user", "content": "..."}, ...]
 
 
 def load_tokenizer(path: str | os.PathLike):
-    """`AutoTokenizer` from `path`, left-padding, with a pad token (EOS when it has none)."""
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    """`AutoTokenizer` from the local directory `path`, left-padding, with a pad token (EOS
+    when it has none). Nothing is fetched from the hub: a path that is not a directory is an
+    error naming it."""
+    if not os.path.isdir(os.path.expanduser(os.fspath(path))):
+        raise FileNotFoundError(
+            f"tokenizer directory not found: {path} (a local directory with tokenizer.json or "
+            "tokenizer_config.json; fetch a hub model first, e.g. `huggingface-cli download "
+            "NAME --local-dir DIR`)"
+        )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.expanduser(os.fspath(path)))
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"{path}: the tokenizer has neither a pad nor an EOS token")
@@ -44,19 +52,21 @@ def _prompt_ids(tokenizer, prompt) -> list[int]:
 
 
 def encode_prompts(
-    tokenizer, prompts: Sequence[str | Messages], *, max_length: int
+    tokenizer, prompts: Sequence[str | Messages], *, max_length: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens_BxP int32, mask_BxP bool), left-padded to exactly P = `max_length`.
+    """(tokens_BxP int32, mask_BxP bool), left-padded to exactly P = `max_length` (None: the
+    longest prompt's length).
 
     A prompt longer than `max_length` raises (naming its row) rather than being truncated.
     """
     rows = []
     for i, prompt in enumerate(prompts):
         ids = _prompt_ids(tokenizer, prompt)
-        if len(ids) > max_length:
+        if max_length is not None and len(ids) > max_length:
             raise ValueError(f"prompt {i} has {len(ids)} tokens; max_length is {max_length}")
         rows.append(ids)
-    return _left_padded(tokenizer, rows, max_length)
+    width = max((len(r) for r in rows), default=1) if max_length is None else max_length
+    return _left_padded(tokenizer, rows, width)
 
 
 def fit_prompts(
