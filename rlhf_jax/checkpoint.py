@@ -243,16 +243,32 @@ class _Damaged(Exception):
 ARTIFACT_META = "artifact.json"
 
 
-def save_artifact(directory: str | pathlib.Path, params, *, meta: Mapping[str, Any]) -> None:
-    """Writes a phase's hand-off: ``params`` (an Orbax tree) and ``meta`` (JSON) beside them."""
+ARTIFACT_TOKENIZER = "tokenizer"  # the tokenizer's copy inside an artifact
+
+
+def save_artifact(
+    directory: str | pathlib.Path, params, *, meta: Mapping[str, Any], tokenizer=None
+) -> None:
+    """Writes a phase's hand-off: ``params`` (an Orbax tree) and ``meta`` (JSON) beside them,
+    and the ``tokenizer`` (an HF tokenizer) in ``tokenizer/``, recorded in the meta."""
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / "params", params, force=True)
         ckptr.wait_until_finished()
     if jax.process_index() == 0:
-        meta = {**jsonable(meta), "checksums": file_checksums(directory, skip=(ARTIFACT_META,))}
+        meta = jsonable(meta)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(directory / ARTIFACT_TOKENIZER)
+            meta["tokenizer"] = ARTIFACT_TOKENIZER
+        meta["checksums"] = file_checksums(directory, skip=(ARTIFACT_META,))
         (directory / ARTIFACT_META).write_text(json.dumps(meta, indent=2))
+
+
+def artifact_tokenizer(directory: str | pathlib.Path) -> pathlib.Path | None:
+    """The tokenizer an artifact carries (None: an artifact written before they did)."""
+    name = read_artifact_meta(directory).get("tokenizer")
+    return None if name is None else pathlib.Path(directory) / name
 
 
 def artifact_exists(directory: str | pathlib.Path) -> bool:

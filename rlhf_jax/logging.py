@@ -46,6 +46,38 @@ def to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in fetched.items()}
 
 
+def _wandb_run(project: str, log_dir, description: str, run_config):
+    """A Weights & Biases run logging beside the JSONL; resumed (same id) when the run
+    directory resumes. Optional: nothing else needs ``wandb`` installed."""
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError(
+            f"wandb_project={project!r} needs Weights & Biases: pip install wandb"
+        ) from None
+    directory = pathlib.Path(log_dir) if log_dir is not None else pathlib.Path.cwd()
+    directory.mkdir(parents=True, exist_ok=True)
+    id_file = directory / "wandb_id"
+    if id_file.is_file():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = wandb.util.generate_id()
+        id_file.write_text(run_id)
+    return wandb.init(
+        project=project,
+        id=run_id,
+        resume="allow",
+        dir=str(directory),
+        name=f"{directory.parent.name}-{description}",
+        config=None if run_config is None else jsonable(run_config),
+    )
+
+
+def _short(key: str) -> str:
+    """A metric's name on the progress bar: without its group (``objective/kl`` → ``kl``)."""
+    return key.rsplit("/", 1)[-1]
+
+
 class MetricWriter:
     """Writes to any of: the console (rich progress bar), ``metrics.jsonl``, TensorBoard."""
 
@@ -58,12 +90,15 @@ class MetricWriter:
         console: bool = True,
         tensorboard: bool = True,
         show: tuple[str, ...] = ("loss",),
+        wandb_project: str | None = None,
+        run_config=None,
     ):
         self.active = jax.process_index() == 0
         self.total_steps = total_steps
         self.show = show
         self._jsonl = None
         self._tb = None
+        self._wandb = None
         self._progress = None
         self._start = time.perf_counter()
         if not self.active:
@@ -76,7 +111,10 @@ class MetricWriter:
                 from tensorboardX import SummaryWriter
 
                 self._tb = SummaryWriter(str(log_dir / "tensorboard"))
+        if wandb_project is not None:
+            self._wandb = _wandb_run(wandb_project, log_dir, description, run_config)
         if console:
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -86,20 +124,28 @@ class MetricWriter:
                 TimeRemainingColumn,
             )
 
+            # Off a terminal (a log file, a pipe) rich assumes 80 columns and cuts the line;
+            # there the line may be as long as it needs.
+            console_out = Console()
+            if not console_out.is_terminal:
+                console_out = Console(width=200)
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=24),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
-                TextColumn("{task.fields[metrics]}"),
+                TextColumn("{task.fields[metrics]}", markup=False),
+                console=console_out,
             )
             self._progress.start()
+            # Until the first log, the step is compiling (tens of seconds for a large model).
             self._task = self._progress.add_task(
-                description, total=total_steps, rate="", metrics=""
+                description, total=total_steps, rate="compiling…", metrics=""
             )
+        self._shown: dict[str, str] = {"metrics": "", "rate": "compiling…"}
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, float]:
         """Records ``metrics`` after ``step`` completed steps; returns them as floats."""
@@ -116,15 +162,17 @@ class MetricWriter:
                 if math.isfinite(value):
                     self._tb.add_scalar(key, value, step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in values.items() if math.isfinite(v)}, step=step)
         if self._progress is not None:
-            shown = "  ".join(f"{k} {values[k]:.4g}" for k in self.show if k in values)
+            # A write without the shown metrics (a held-out evaluation) keeps the bar's.
+            shown = "  ".join(f"{_short(k)} {values[k]:.4g}" for k in self.show if k in values)
             rate = values.get("steps_per_second")
-            self._progress.update(
-                self._task,
-                completed=step,
-                metrics=shown,
-                rate="" if rate is None else f"{rate:.2f} it/s",
-            )
+            if shown:
+                self._shown["metrics"] = shown
+            if rate is not None:
+                self._shown["rate"] = f"{rate:.2f} it/s"
+            self._progress.update(self._task, completed=step, **self._shown)
         return values
 
     def advance(self, step: int) -> None:
@@ -134,8 +182,8 @@ class MetricWriter:
     def print(self, message: str) -> None:
         if not self.active:
             return
-        if self._progress is not None:
-            self._progress.console.print(message)
+        if self._progress is not None:  # as written: "[sft] ..." is not rich markup
+            self._progress.console.print(message, markup=False, highlight=False)
         else:
             print(message, flush=True)
 
@@ -149,3 +197,6 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None

@@ -72,10 +72,18 @@ class ModelSource:
 
     @property
     def tokenizer_path(self) -> str:
-        path = self.tokenizer or self.hf_path
-        if path is None:
-            raise ValueError("model.tokenizer is required unless model.hf_path is set")
-        return path
+        """``tokenizer``, else the HF checkpoint's, else the one the artifact carries."""
+        if self.tokenizer or self.hf_path:
+            return self.tokenizer or self.hf_path
+        if self.artifact is not None:
+            carried = ckpt_lib.artifact_tokenizer(self.artifact)
+            if carried is None:
+                raise ValueError(
+                    f"model.tokenizer is required: {self.artifact} was written before artifacts "
+                    "carried their tokenizer; set it to the tokenizer the artifact was trained with"
+                )
+            return str(carried)
+        raise ValueError("model.tokenizer is required with a random init (model.init)")
 
 
 def model_config(source: ModelSource) -> models.ModelConfig:
@@ -89,6 +97,18 @@ def model_config(source: ModelSource) -> models.ModelConfig:
     settings = {name: getattr(source, name) for name in STEP_SETTINGS}
     settings = {name: value for name, value in settings.items() if value is not None}
     return cfg.replace(dtype=source.dtype, param_dtype=source.param_dtype, **settings)
+
+
+def check_tokenizer(tokenizer, config: models.ModelConfig, *, where: str) -> None:
+    """Refuses a tokenizer whose ids do not fit the model's vocabulary (before any step: an id
+    past the embedding table would otherwise end in a non-finite loss, or silently wrap)."""
+    size = len(tokenizer)
+    if size > config.vocab_size:
+        raise ValueError(
+            f"{where}: the tokenizer ({tokenizer.name_or_path}) has {size} tokens but the model's "
+            f"vocabulary holds {config.vocab_size}; it is not this model's tokenizer. Set "
+            "model.tokenizer to the tokenizer the model was trained with."
+        )
 
 
 def build_module(config: models.ModelConfig, head: Head, seed: int) -> nnx.Module:

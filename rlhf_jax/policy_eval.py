@@ -28,7 +28,7 @@ from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.data import load_prompt_rows
 from rlhf_jax.generation import SamplingConfig
 from rlhf_jax.inference import Sampler, Scorer
-from rlhf_jax.placement import ModelSource, place_model
+from rlhf_jax.placement import ModelSource, check_tokenizer, model_config, place_model
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,6 +72,8 @@ def evaluate_policies(config: PolicyEvalConfig) -> dict:
     mesh = sharding_lib.make_mesh(config.mesh)
     sources = {name: _source(s) for name, s in config.policies.items()}
     tokenizer = models.load_tokenizer(sources[config.baseline].tokenizer_path)
+    for name, source in sources.items():
+        check_tokenizer(tokenizer, model_config(source), where=f"policies.{name}")
     prompt_set = load_prompt_rows(
         config.prompts, split=config.prompt_split, column=config.prompt_column
     )
@@ -97,7 +99,7 @@ def evaluate_policies(config: PolicyEvalConfig) -> dict:
         judge_model = Scorer(
             place_model(config.reward, head="reward", mesh=mesh, seed=config.seed),
             batch_size=config.batch_size,
-            pooling=_pooling(config.reward),
+            pooling=pooling_of(config.reward),
         )
     placed = {n: place_model(s, head="lm", mesh=mesh, seed=config.seed) for n, s in sources.items()}
     eos_ids = tuple(placed[config.baseline].config.eos_token_ids) or (tokenizer.eos_token_id,)
@@ -136,7 +138,8 @@ def evaluate_policies(config: PolicyEvalConfig) -> dict:
     return _report(config, judged, out, num_dropped=len(prompt_set.prompts) - len(kept))
 
 
-def _pooling(source: ModelSource) -> str:
+def pooling_of(source: ModelSource) -> str:
+    """How a reward model pools its scores: what its artifact records, else "last"."""
     if source.origin != "artifact":
         return "last"
     return ckpt_lib.read_artifact_meta(source.artifact).get("pooling") or "last"

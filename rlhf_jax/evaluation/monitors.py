@@ -143,6 +143,9 @@ class HackingMonitor:
         self.updates = 0
         self._baseline: dict[str, float] = {}
         self._firing: set[str] = set()
+        # The warnings of monitors that started firing at the last update (``log`` sends them
+        # to `logging.warning`; a caller with its own console passes log=False and shows these).
+        self.started: list[MonitorWarning] = []
         self._proxy_means: list[float] = []  # per update that had gold, for the divergence
         self._gold_means: list[float] = []
         self._smoothed: list[tuple[float, float]] = []  # (proxy, gold) moving averages
@@ -151,7 +154,7 @@ class HackingMonitor:
 
     # -- one update ----------------------------------------------------------------------
 
-    def update(self, iteration: int, stats: Mapping) -> list[MonitorWarning]:
+    def update(self, iteration: int, stats: Mapping, *, log: bool = True) -> list[MonitorWarning]:
         unknown = sorted(set(stats) - set(STATS_KEYS))
         if unknown:
             raise ValueError(f"stats has unknown keys {unknown}; expected some of {STATS_KEYS}")
@@ -194,8 +197,9 @@ class HackingMonitor:
         self.updates += 1
         self._last_iteration = int(iteration)
         now = {w.monitor for w in fired}
-        for w in fired:
-            if w.monitor not in self._firing:
+        self.started = [w for w in fired if w.monitor not in self._firing]
+        if log:
+            for w in self.started:
                 logger.warning("reward-hacking monitor: %s", w)
         self._firing = now
         self.warnings.extend(fired)

@@ -138,6 +138,8 @@ class Run:
         checkpoint: ckpt_lib.CheckpointConfig,
         console: bool = True,
         tensorboard: bool = True,
+        wandb_project: str | None = None,
+        run_config=None,
         show: tuple[str, ...] = ("loss",),
         unit: str = "step",
     ):
@@ -153,6 +155,8 @@ class Run:
                 description=description,
                 console=console,
                 tensorboard=tensorboard,
+                wandb_project=wandb_project,
+                run_config=run_config,
                 show=show,
             )
             self.checkpointer = ckpt_lib.PhaseCheckpointer(
@@ -250,10 +254,11 @@ class Run:
         guard(state)
         return state, status
 
-    def save_artifact(self, params, meta: Mapping[str, Any]) -> pathlib.Path:
-        """Writes the hand-off to the next phase: ``params`` and ``meta`` in ``artifact/``."""
+    def save_artifact(self, params, meta: Mapping[str, Any], *, tokenizer=None) -> pathlib.Path:
+        """Writes the hand-off to the next phase: ``params``, ``meta`` and the ``tokenizer`` in
+        ``artifact/``."""
         path = self.dir / "artifact"
-        ckpt_lib.save_artifact(path, params, meta=meta)
+        ckpt_lib.save_artifact(path, params, meta=meta, tokenizer=tokenizer)
         return path
 
     def close(self) -> None:

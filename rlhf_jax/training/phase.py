@@ -28,7 +28,7 @@ import numpy as np
 
 from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import data as data_lib
-from rlhf_jax import models, placement
+from rlhf_jax import models, placement, provenance
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training.loop import Run
@@ -55,6 +55,7 @@ class PhaseConfig:
     skip_nonfinite: bool = False  # skip (and count) non-finite updates instead of stopping
     console: bool = True  # progress bar on the console
     tensorboard: bool = True  # TensorBoard events beside metrics.jsonl
+    wandb_project: str | None = None  # also log to this Weights & Biases project (None: off)
 
 
 Batches = Iterator[dict[str, np.ndarray]]
@@ -103,8 +104,11 @@ def run_phase(phase: Phase, config: PhaseConfig, *, stop_after: int | None = Non
             f"got {type(config).__name__}"
         )
     mesh = sharding_lib.make_mesh(config.mesh)
+    architecture = placement.model_config(config.model)  # a missing checkpoint fails here
     tokenizer = models.load_tokenizer(config.model.tokenizer_path)
+    placement.check_tokenizer(tokenizer, architecture, where="model.tokenizer")
     train, eval_ = data_lib.load_train_eval(config.data, tokenizer)
+    data_lib.check_tokens(train, tokenizer, vocab_size=architecture.vocab_size)
     if train.kind not in phase.data_kinds:
         raise ValueError(
             f"data.path={config.data.path!r} holds {train.kind!r} data; the {phase.name} phase "
@@ -142,10 +146,10 @@ def run_phase(phase: Phase, config: PhaseConfig, *, stop_after: int | None = Non
         checkpoint=config.checkpoint,
         console=config.console,
         tensorboard=config.tensorboard,
+        wandb_project=config.wandb_project,
+        run_config=config,
     ) as run:
-        run.print(f"data: {train.report.summary()}")
-        if len(train.examples) == 0:
-            raise ValueError(f"data.path={config.data.path!r}: no usable examples (see the report)")
+        run.print(f"data {train.report.summary()}")
         iterator = data_lib.make_iterator(train, config.data)
         state, _ = run.resume(state, shardings, iterator.restore)
         batches = parts.with_batches(iter(iterator), "train")
@@ -169,7 +173,13 @@ def run_phase(phase: Phase, config: PhaseConfig, *, stop_after: int | None = Non
         if status == "finished":
             meta = {"phase": phase.name, "head": phase.head, **parts.meta}
             meta.update(model=model.config.to_dict(), steps=result["step"])
-            run.save_artifact(state.params, meta)
+            meta.update(
+                provenance.record(
+                    config=config, sources={"model": config.model}, data=[config.data.path],
+                    trunk="model",
+                )
+            )  # fmt: skip
+            run.save_artifact(state.params, meta, tokenizer=tokenizer)
             if eval_fn is not None:
                 result["eval"] = {k: float(v) for k, v in jax.device_get(eval_fn(state)).items()}
     return result

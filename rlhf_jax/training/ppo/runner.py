@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax import checkpoint as ckpt_lib
-from rlhf_jax import rewards
+from rlhf_jax import provenance, rewards
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.logging import to_floats
 from rlhf_jax.placement import ModelSource
@@ -65,6 +65,7 @@ class PPORunConfig:
     skip_nonfinite: bool = False  # skip (and count) non-finite updates instead of stopping
     console: bool = True  # progress bar
     tensorboard: bool = True  # TensorBoard events
+    wandb_project: str | None = None  # also log to this Weights & Biases project (None: off)
 
 
 def _iteration_fn(fns, sampler: PromptSampler, host_rewards, mesh, config: PPORunConfig):
@@ -213,6 +214,8 @@ def run_ppo(
         checkpoint=config.checkpoint,
         console=config.console,
         tensorboard=config.tensorboard,
+        wandb_project=config.wandb_project,
+        run_config=config,
         show=("objective/scores", "objective/kl", "objective/gold"),
         unit="iteration",
     ) as run:
@@ -238,7 +241,8 @@ def run_ppo(
             state, row, per_episode = iteration(state)
             if monitor is not None:
                 stats = {k: sampling.to_host(v) for k, v in per_episode.items()}
-                for warning in monitor.update(row["iteration"], _monitor_stats(row, stats)):
+                monitor.update(row["iteration"], _monitor_stats(row, stats), log=False)
+                for warning in monitor.started:  # once when it starts; all are in the summary
                     run.print(f"warning: {warning}")
             history.append(row)
             return state, row
@@ -260,7 +264,15 @@ def run_ppo(
         iterations_done = int(jax.device_get(state.step))
         if status == "finished":
             meta = {"phase": "ppo", "head": "lm", "model": policy_cfg.to_dict()}
-            run.save_artifact(state.policy, {**meta, "iterations": iterations_done})
+            meta.update(
+                provenance.record(
+                    config=config, sources={"policy": config.policy, "reward": config.reward},
+                    data=[config.prompts], trunk="policy",
+                )
+            )  # fmt: skip
+            run.save_artifact(
+                state.policy, {**meta, "iterations": iterations_done}, tokenizer=tokenizer
+            )
     return {
         "status": status,
         "iteration": iterations_done,

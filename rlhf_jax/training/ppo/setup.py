@@ -15,7 +15,13 @@ from flax import nnx
 from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import losses, models, rewards
 from rlhf_jax import sharding as sharding_lib
-from rlhf_jax.placement import copy_tree, place_model, place_module
+from rlhf_jax.placement import (
+    check_tokenizer,
+    copy_tree,
+    model_config,
+    place_model,
+    place_module,
+)
 from rlhf_jax.training.ppo import experience, sampling
 from rlhf_jax.training.ppo.config import PPOState, Statics
 from rlhf_jax.training.ppo.prompts import PromptSampler
@@ -72,12 +78,16 @@ def init_ppo_state(config, mesh, *, reward_functions=()):
     ``reward_functions`` (`rewards.WeightedFunction`) join the configured ones."""
     ppo = config.ppo
     functions = reward_sources(config, reward_functions)
+    # The tokenizer is checked against the architecture before any weights are read.
+    tokenizer = models.load_tokenizer(config.policy.tokenizer_path)
+    check_tokenizer(tokenizer, model_config(config.policy), where="policy.tokenizer")
+    if config.reward is not None:  # it scores the policy's token ids
+        check_tokenizer(tokenizer, model_config(config.reward), where="reward model")
     policy = place_model(config.policy, head="lm", mesh=mesh, seed=config.seed)
     reward = None
     if config.reward is not None:
         reward = place_model(config.reward, head="reward", mesh=mesh, seed=config.seed)
     critic = _critic(config, policy, reward, mesh)
-    tokenizer = models.load_tokenizer(config.policy.tokenizer_path)
     policy_tx, critic_tx = optimizers(ppo, config.iterations)
     policy_opt, policy_opt_sh = init_opt_state(policy_tx, policy.params, policy.shardings, mesh)
     critic_opt = critic_opt_sh = None
