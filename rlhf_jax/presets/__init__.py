@@ -26,6 +26,7 @@ from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import data as data_lib
 from rlhf_jax import models
 from rlhf_jax.placement import ModelSource
+from rlhf_jax.presets.overrides import save_every, warmup_steps
 from rlhf_jax.training.config import config_dict
 from rlhf_jax.training.dpo import DPOPhaseConfig
 from rlhf_jax.training.optimizer import OptimizerConfig
@@ -125,8 +126,8 @@ def phase_config(phase: str, arg: str | None) -> ml_collections.ConfigDict:
             batch_size=p["batch_size"],
             eval_fraction=0.0 if phase == "sft" else 0.1,
         ),
-        optimizer=OptimizerConfig(learning_rate=p["lr"][phase], warmup_steps=max(1, steps // 20)),
-        checkpoint=ckpt_lib.CheckpointConfig(save_every=max(1, steps // 4), keep=2),
+        optimizer=OptimizerConfig(learning_rate=p["lr"][phase], warmup_steps=warmup_steps(steps)),
+        checkpoint=ckpt_lib.CheckpointConfig(save_every=save_every(steps), keep=2),
         total_steps=steps,
         **extra,
     )

@@ -15,6 +15,7 @@ Lists become tuples where the field is a tuple.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -94,3 +95,63 @@ def build(cls: type, mapping: Mapping[str, Any] | None, path: str = "config"):
         return cls(**kwargs)
     except TypeError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's documenting comment in ``cls``'s source (and its bases'): the comment on
+    the field's line, else the comment lines just above it."""
+    import inspect
+
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        above: list[str] = []
+        for line in lines:
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                above.append(stripped.lstrip("# ").rstrip())
+                continue
+            match = re.match(r"\s+(\w+)\s*:", line)
+            if match and match.group(1) in klass.__dataclass_fields__:
+                _, hash_, comment = _code_and_comment(line)
+                text = comment if hash_ else " ".join(above)
+                if text:
+                    out[match.group(1)] = text
+            above = []
+    return out
+
+
+def _code_and_comment(line: str) -> tuple[str, str, str]:
+    """Splits a source line at its first ``#`` outside a string literal."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            return line[:i], "#", line[i + 1 :].strip()
+    return line, "", ""
+
+
+def describe(cls: type, mapping: Mapping[str, Any], prefix: str = "") -> str:
+    """Every field of ``mapping`` (a config of dataclass ``cls``) as ``name = value  # comment``
+    lines, nested sections indented under their name."""
+    hints = typing.get_type_hints(cls)
+    comments = field_comments(cls)
+    lines = []
+    for field in dataclasses.fields(cls):
+        name, value = field.name, mapping.get(field.name, getattr(field, "default", None))
+        nested = _dataclass_in(hints[field.name])
+        note = f"  # {comments[name]}" if name in comments else ""
+        if nested is not None and isinstance(value, Mapping):
+            lines.append(f"{prefix}{name}:{note}")
+            lines.append(describe(nested, value, prefix + "  "))
+        else:
+            lines.append(f"{prefix}{name} = {value!r}{note}")
+    return "\n".join(lines)

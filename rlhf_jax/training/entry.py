@@ -8,6 +8,7 @@ from absl import logging as absl_logging
 
 from rlhf_jax import sharding
 from rlhf_jax.interrupts import interrupt_flag
+from rlhf_jax.presets.overrides import resolve
 from rlhf_jax.training import dpo, reward, sft
 from rlhf_jax.training.config import build
 from rlhf_jax.training.phase import Phase, run_phase
@@ -16,8 +17,27 @@ from rlhf_jax.training.ppo import PPORunConfig, run_ppo
 PHASES: dict[str, Phase] = {p.name: p for p in (sft.PHASE, reward.PHASE, dpo.PHASE)}
 
 
-def run_from_config(config_dict, *, kind: str) -> dict:
+def _resolved(config_dict, overrides, kind: str) -> dict:
+    """The config as a dict, with the command line's overrides resolved (`presets.overrides`:
+    a model source replaces the preset's, derived settings follow the run's length, an
+    experiment gets its own run directory); each consequence printed."""
+    if config_dict is None:
+        raise ValueError(f"no config: pass --config configs/{kind}.py:VARIANT (e.g. :smoke)")
+    config = config_dict.to_dict() if hasattr(config_dict, "to_dict") else dict(config_dict)
+    if overrides is None:
+        return config
+    config, notes = resolve(config, overrides, kind=kind)
+    for note in notes:
+        print(f"[{kind}] {note}", flush=True)
+    return config
+
+
+def run_from_config(config_dict, *, kind: str, overrides=None) -> dict:
     """Initialises multi-host if configured, builds the phase's typed config, runs the phase.
+
+    ``overrides`` are the fields the command line set (ml-collections'
+    ``get_override_values``), resolved by `presets.overrides.resolve`; None takes the config
+    as it is.
 
     SIGTERM/SIGINT, wherever in the run it arrives (start-up, a step, the final save), stops
     the run at the next safe point; it exits with status 0 once everything written is
@@ -29,7 +49,7 @@ def run_from_config(config_dict, *, kind: str) -> dict:
     # Orbax and JAX log every checkpoint step at INFO; the progress bar says what matters.
     absl_logging.set_verbosity(absl_logging.WARNING)
     sharding.initialize_distributed()
-    config = build(phase.config_type, config_dict.to_dict())
+    config = build(phase.config_type, _resolved(config_dict, overrides, kind))
     with interrupt_flag():  # a signal anywhere in the run stops it at the next safe point
         result = run_phase(phase, config)
     if result["status"] == "interrupted":
@@ -41,12 +61,12 @@ def run_from_config(config_dict, *, kind: str) -> dict:
     return result
 
 
-def run_ppo_from_config(config_dict) -> dict:
+def run_ppo_from_config(config_dict, *, overrides=None) -> dict:
     """``experiments/train_ppo.py``: PPO, GRPO or RLOO from a ConfigDict (as `run_from_config`
     for the offline phases: multi-host, exit 0 after an interrupt that saved a checkpoint)."""
     absl_logging.set_verbosity(absl_logging.WARNING)
     sharding.initialize_distributed()
-    config = build(PPORunConfig, config_dict.to_dict())
+    config = build(PPORunConfig, _resolved(config_dict, overrides, "ppo"))
     with interrupt_flag():
         result = run_ppo(config)
     if result["status"] == "interrupted":
