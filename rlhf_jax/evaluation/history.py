@@ -20,6 +20,10 @@ class HistoryKeys:
     iteration: str = "iteration"  # iteration number (the row index when absent)
     kl: str = "objective/kl"  # mean KL(π ‖ π_ref) per response, in nats
     proxy: str = "objective/scores"  # mean reward-model (proxy) score, before the KL penalty
+    # The raw reward-model score where ``proxy`` is normalised (PPO's reward normalisation):
+    # the report reads it when every run logs it, so iterations and evaluations of the reward
+    # model (raw scores) share one scale.
+    raw_proxy: str | None = "objective/raw_scores"
     gold: str = "gold/score"  # mean gold reward r* of the same responses
     length: str = "response/length_mean"  # mean response length in tokens
     entropy: str = "objective/entropy"  # mean policy entropy

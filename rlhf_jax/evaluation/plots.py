@@ -19,7 +19,7 @@ from rlhf_jax.evaluation.history import DEFAULT_KEYS, HistoryKeys, column, has, 
 from rlhf_jax.evaluation.winrate import WinRate
 
 
-def _figure(nrows: int = 1, height: float = 4.0):
+def figure(nrows: int = 1, height: float = 4.0):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -33,13 +33,26 @@ def _figure(nrows: int = 1, height: float = 4.0):
     return fig, axes
 
 
+def ema(values, *, span: int) -> np.ndarray:
+    """Exponential moving average with α = 2 / (span + 1), bias-corrected at the start (so
+    the first value is the first point, not a fraction of it)."""
+    values = np.asarray(values, np.float64)
+    alpha = 2.0 / (span + 1.0)
+    out, acc, weight = np.empty_like(values), 0.0, 0.0
+    for i, v in enumerate(values):
+        acc = (1 - alpha) * acc + alpha * v
+        weight = (1 - alpha) * weight + alpha
+        out[i] = acc / weight
+    return out
+
+
 def _integer_ticks(axis) -> None:
     from matplotlib.ticker import MaxNLocator
 
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _save(fig, path) -> Path:
+def save_png(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=110)
@@ -59,20 +72,18 @@ def plot_reward_vs_kl(
     usable = [p for p in [*points, *bon] if math.isfinite(p.kl) and math.isfinite(p.reward(reward))]
     if not usable:
         raise ValueError(f"points and best_of_n hold no point with a finite KL and {reward} reward")
-    fig, (ax,) = _figure()
+    fig, (ax,) = figure()
     runs = {p.run for p in usable if p.kind == "policy" and p.iteration is not None}
     for run in sorted(runs):
         pts = [p for p in usable if p.run == run and p.kind == "policy" and p.iteration is not None]
         pts.sort(key=lambda p: p.iteration)
-        ax.plot(
-            [p.kl for p in pts],
-            [p.reward(reward) for p in pts],
-            "o-",
-            ms=3,
-            lw=1,
-            alpha=0.8,
-            label=f"{run} (iterations)",
-        )
+        kl, y = np.array([p.kl for p in pts]), np.array([p.reward(reward) for p in pts])
+        # Each iteration a faint point; the trend through them their moving average (joining
+        # hundreds of noisy iterations with one line draws only the noise).
+        (dots,) = ax.plot(kl, y, ".", ms=3, alpha=0.3)
+        span = max(2, len(pts) // 10)
+        ax.plot(ema(kl, span=span), ema(y, span=span), "-", lw=1.5, color=dots.get_color(),
+                label=f"{run} (iterations, moving average)")  # fmt: skip
     for p in usable:
         if p.kind != "best_of_n" and p.iteration is None:
             ax.plot([p.kl], [p.reward(reward)], "*", ms=12, label=p.run or p.kind)
@@ -107,7 +118,7 @@ def plot_reward_vs_kl(
     ax.set_title(f"{reward.capitalize()} reward vs KL")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _runs_with(runs: Mapping[str, Sequence[Mapping]], key: str) -> list[str]:
@@ -121,7 +132,7 @@ def plot_proxy_and_gold(
     with_proxy, with_gold = _runs_with(runs, keys.proxy), _runs_with(runs, keys.gold)
     if not with_proxy and not with_gold:
         raise ValueError(f"no run logs {keys.proxy!r} or {keys.gold!r}")
-    fig, (top, bottom) = _figure(2, height=3.0)
+    fig, (top, bottom) = figure(2, height=3.0)
     for ax, key, names, label in (
         (top, keys.proxy, with_proxy, "proxy (reward model)"),
         (bottom, keys.gold, with_gold, "gold reward"),
@@ -139,7 +150,7 @@ def plot_proxy_and_gold(
     top.set_title("Proxy vs gold reward over training")
     bottom.set_xlabel("iteration")
     _integer_ticks(bottom.xaxis)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_length(
@@ -149,7 +160,7 @@ def plot_length(
     names = _runs_with(runs, keys.length)
     if not names:
         raise ValueError(f"no run logs {keys.length!r}")
-    fig, (ax,) = _figure()
+    fig, (ax,) = figure()
     for name in names:
         its, y = iterations(runs[name], keys), column(runs[name], keys.length)
         ok = np.isfinite(y)
@@ -160,7 +171,7 @@ def plot_length(
     ax.set_title("Response length over training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_win_rates(path, win_rates: Mapping[str, WinRate]) -> Path:
@@ -175,14 +186,17 @@ def plot_win_rates(path, win_rates: Mapping[str, WinRate]) -> Path:
             [w.ci_high - w.rate for w in win_rates.values()],
         ]
     )
-    fig, (ax,) = _figure(height=1.0 + 0.5 * len(labels))
+    fig, (ax,) = figure(height=1.0 + 0.5 * len(labels))
     y = np.arange(len(labels))
     ax.barh(y, rates, xerr=err, capsize=4, color="tab:blue", alpha=0.7)
-    for yi, w in zip(y, win_rates.values(), strict=True):
-        ax.text(min(w.ci_high + 0.02, 0.9), yi, f"{w.rate:.2f} (n={w.n})", va="center", fontsize=8)
     ax.axvline(0.5, color="k", lw=1, ls="--")
-    ax.set_yticks(y, labels)
+    # The numbers go in the tick labels, where no bar or error bar can cover them.
+    ticks = [
+        f"{label}\n{w.rate:.2f} [{w.ci_low:.2f}, {w.ci_high:.2f}], n={w.n}"
+        for label, w in win_rates.items()
+    ]
+    ax.set_yticks(y, ticks, fontsize=8)
     ax.set_xlim(0, 1)
     ax.set_xlabel("win rate (ties count half), with confidence interval")
     ax.set_title("Win rate")
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -26,7 +26,7 @@ import numpy as np
 
 from rlhf_jax.evaluation.best_of_n import BestOfNPoint
 from rlhf_jax.evaluation.frontier import FrontierPoint, collect_points, frontier
-from rlhf_jax.evaluation.history import DEFAULT_KEYS, HistoryKeys, column
+from rlhf_jax.evaluation.history import DEFAULT_KEYS, HistoryKeys, column, has
 from rlhf_jax.evaluation.plots import (
     plot_length,
     plot_proxy_and_gold,
@@ -54,7 +54,7 @@ class Report:
     plots: dict[str, Path]  # plot name → PNG
 
 
-def _fmt(x) -> str:
+def fmt(x) -> str:
     if x is None:
         return "–"
     if isinstance(x, float):
@@ -67,9 +67,9 @@ def _cell(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(_cell(_fmt(c)) for c in row) + " |" for row in rows]
+    out += ["| " + " | ".join(_cell(fmt(c)) for c in row) + " |" for row in rows]
     return [*out, ""]
 
 
@@ -78,6 +78,21 @@ def _clipped(rows: list, what: str) -> tuple[list, list[str]]:
         return rows, []
     return rows[:MAX_TABLE_ROWS], [
         f"… and {len(rows) - MAX_TABLE_ROWS} more {what}; all are in report.json.",
+        "",
+    ]
+
+
+def _definitions(keys: HistoryKeys) -> list[str]:
+    return [
+        "What the numbers are:",
+        "",
+        f"- **proxy**: the reward model's raw score of a response (`{keys.proxy}` in the "
+        "training logs): what the policy was trained to raise, and what can be gamed.",
+        f"- **gold**: the true reward r* of the same response (`{keys.gold}`), known only on "
+        "tasks that define one (the synthetic task); a proxy rising while gold falls is reward "
+        "hacking.",
+        f"- **KL**: mean KL(π ‖ π_ref) per response in nats (`{keys.kl}`), the distance from "
+        "the reference (SFT) policy; **length**: mean response length in tokens.",
         "",
     ]
 
@@ -105,9 +120,13 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots: dict[str, Path] = {}
+    logged = [h for h in runs.values() if h]
+    if keys.raw_proxy and logged and all(has(h, keys.raw_proxy) for h in logged):
+        keys = dataclasses.replace(keys, proxy=keys.raw_proxy)
     md = [f"# {title}", ""]
     if notes:
-        md += _table(["", "value"], [[k, v] for k, v in notes.items()])
+        md += markdown_table(["", "value"], [[k, v] for k, v in notes.items()])
+    md += _definitions(keys)
 
     md += ["## Summary", ""]
     if runs:
@@ -116,7 +135,7 @@ def write_report(
             last = [_last_finite(history, k) for k in (keys.kl, keys.proxy, keys.gold, keys.length)]
             rows.append([name, len(history), *last])
         md += ["Last logged value of each run:", ""]
-        md += _table(["run", "iterations", "KL", "proxy", "gold", "length"], rows)
+        md += markdown_table(["run", "iterations", "KL", "proxy", "gold", "length"], rows)
     else:
         md += ["No training history was given.", ""]
 
@@ -125,7 +144,7 @@ def write_report(
         plots["win_rate"] = plot_win_rates(out / "win_rate.png", win_rates)
         md += [f"![win rate]({plots['win_rate'].name})", ""]
         pct = {round(100 * w.confidence) for w in win_rates.values()}
-        md += _table(
+        md += markdown_table(
             [
                 "comparison",
                 "win rate",
@@ -163,14 +182,14 @@ def write_report(
         md += [f"![reward vs KL]({plots['reward_vs_kl'].name})", "", "Pareto frontier:", ""]
         front = frontier([*points, *bon_fp], reward=reward)
         rows, more = _clipped(front, "frontier points")
-        md += _table(
+        md += markdown_table(
             ["run", "kind", "iteration", "KL", "gold", "proxy"],
             [[p.run, p.kind, p.iteration, p.kl, p.gold, p.proxy] for p in rows],
         )
         md += more
     if best_of_n:
         md += ["Best-of-n (KL = log n − (n−1)/n):", ""]
-        md += _table(
+        md += markdown_table(
             ["n", "KL", "proxy", "gold"], [[b.n, b.kl, b.proxy, b.gold] for b in best_of_n]
         )
 
@@ -200,7 +219,7 @@ def write_report(
             f"still firing at the end: {', '.join(monitors.get('firing', [])) or 'none'}.",
             "",
         ]
-        md += _table(
+        md += markdown_table(
             ["monitor", "updates fired", "first", "last", "threshold", "last message"],
             [
                 [
@@ -229,7 +248,7 @@ def write_report(
         if red_team.regressions:
             rows, more = _clipped(red_team.regressions, "regressions")
             md += (
-                _table(
+                markdown_table(
                     ["#", "prompt", "before", "after", "Δ"],
                     [[r.index, r.prompt, r.before, r.after, r.delta] for r in rows],
                 )
