@@ -98,7 +98,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "logs" / "metrics.jsonl"
     for line in proc.stdout:
-        if "data:" in line:
+        if "[sft] data " in line:
             break
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or metrics.read_text().count("\n") < 3):
