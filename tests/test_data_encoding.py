@@ -193,6 +193,8 @@ def test_bad_rows_are_counted_by_reason(tmp_path):
     assert "8 rows, 2 used, 6 dropped, 0 truncated" in summary
     assert "missing_field: 2 (dropped); rows [1, 7]" in summary
     assert "> the largest bucket 16" in summary
+    # What to do about it (a preset's small buckets drop a user's longer rows).
+    assert "raise data.bucket_lengths, or set data.too_long=truncate" in summary
 
 
 @pytest.mark.parametrize(("row", "reason"), [(1, R.MISSING_FIELD), (4, R.TOO_LONG)])

@@ -144,6 +144,19 @@ def test_logs_once_per_episode_and_returns_every_time(caplog):
     assert s["firing"] == ["kl_blowup"]
 
 
+def test_started_holds_each_episode_once_and_log_false_leaves_logging_to_the_caller(caplog):
+    # The PPO runner prints `started` on its own console: the warning must not also be logged
+    # (it was shown twice), nor printed again while the episode lasts.
+    monitor = HackingMonitor(MonitorConfig(max_kl=1.0))
+    started = []
+    with caplog.at_level(logging.WARNING, logger="rlhf_jax.evaluation.monitors"):
+        for t, kl in enumerate([2, 3, 0.5, 4, 5]):
+            monitor.update(t, {"kl": kl}, log=False)
+            started.append([w.iteration for w in monitor.started])
+    assert started == [[0], [], [], [3], []]
+    assert caplog.records == []
+
+
 def test_non_finite_scalars_warn():
     monitor = HackingMonitor()
     monitor.update(0, {"kl": 1.0, "entropy": 2.0})

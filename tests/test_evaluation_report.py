@@ -16,6 +16,7 @@ from rlhf_jax.evaluation import (
     win_rate,
     write_report,
 )
+from rlhf_jax.evaluation.plots import ema
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 K = HistoryKeys()
@@ -126,3 +127,22 @@ def test_proxy_only_history_plots_proxy_vs_kl(tmp_path):
 def test_plot_functions_reject_empty_input(tmp_path):
     with pytest.raises(ValueError, match="win_rates is empty"):
         plot_win_rates(tmp_path / "w.png", {})
+
+
+def test_the_report_says_what_proxy_and_gold_are_and_reads_raw_scores_where_logged(tmp_path):
+    # PPO logs its normalised training score and the reward model's raw one; evaluations of
+    # the reward model are raw, so the report shows raw scores where every run has them.
+    history = [
+        {K.kl: 0.1 * t, K.proxy: 1.0 + t, "objective/raw_scores": 10.0 + t} for t in range(4)
+    ]
+    md = write_report(tmp_path, runs={"ppo": history}).markdown.read_text()
+    assert "**proxy**: the reward model's raw score" in md and "**gold**: the true reward" in md
+    assert "`objective/raw_scores`" in md and "| ppo | 4 | 0.3 | 13 |" in md
+    md = write_report(tmp_path / "b", runs={"ppo": [{K.kl: 0.1, K.proxy: 2.0}]}).markdown
+    assert "| ppo | 1 | 0.1 | 2 |" in md.read_text()  # no raw score logged: the one there is
+
+
+def test_moving_average_closed_form():
+    np.testing.assert_allclose(ema([3.0, 3.0, 3.0], span=5), [3.0, 3.0, 3.0])
+    # alpha = 0.5: (0.5, w 0.5) -> 1; (0.25, w 0.75) -> 1/3; (0.625, w 0.875) -> 5/7
+    np.testing.assert_allclose(ema([1.0, 0.0, 1.0], span=3), [1.0, 1 / 3, 5 / 7], rtol=1e-15)

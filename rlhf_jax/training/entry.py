@@ -58,6 +58,7 @@ def run_from_config(config_dict, *, kind: str, overrides=None) -> dict:
     summary = {k: round(v, 4) for k, v in result.get("eval", {}).items()}
     print(f"[{kind}] finished {result['step']} steps; held-out: {summary or 'none'}")
     print(f"[{kind}] artifact: {config.run_dir}/artifact")
+    print(f"[{kind}] training curves: rlhf-jax report {config.run_dir}")
     return result
 
 
@@ -77,4 +78,5 @@ def run_ppo_from_config(config_dict, *, overrides=None) -> dict:
     shown = {k: round(v, 4) for k, v in last.items() if k.startswith(("objective/", "rewards/"))}
     print(f"[ppo] finished {result['iteration']} iterations; last: {shown or 'none'}")
     print(f"[ppo] artifact: {config.run_dir}/artifact")
+    print(f"[ppo] training curves: rlhf-jax report {config.run_dir}")
     return result

@@ -128,6 +128,9 @@ def run_phase(phase: Phase, config: PhaseConfig, *, stop_after: int | None = Non
         "data": data_fingerprint(config.data),
         "num_examples": len(train.examples),
         "optimizer": dataclasses.asdict(config.optimizer),
+        # The schedule spans total_steps: a longer run is another schedule, resumed only on
+        # purpose (checkpoint.allow_changed_config).
+        "total_steps": config.total_steps,
         "grad_accum_steps": config.grad_accum_steps,
         "seed": config.seed,
         # The phase's own section (reward, dpo): every field of a PhaseConfig subclass.

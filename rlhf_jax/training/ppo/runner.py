@@ -202,6 +202,7 @@ def run_ppo(
             else None,
         },
         "prompts_per_iteration": config.prompts_per_iteration,
+        "iterations": config.iterations,  # the schedules' length
         "prompt_length": config.prompt_length,
         "seed": config.seed,
     }
