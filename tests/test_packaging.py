@@ -1,5 +1,5 @@
 """The package as users install it: a wheel (not an editable install) carries everything the
-smoke preset needs, and runs a phase from another directory."""
+smoke preset needs, and its command runs a phase from another directory."""
 
 import os
 import pathlib
@@ -29,12 +29,17 @@ def test_an_installed_wheel_runs_the_smoke_sft_preset_from_another_directory(tmp
         [sys.executable, "-c", "import rlhf_jax; print(rlhf_jax.__file__)"], cwd=elsewhere, env=env
     )
     assert pathlib.Path(where.strip()).is_relative_to(site), where
+    # The installed command with a packaged preset: no file of the repository is needed.
+    assert (site / "bin" / "rlhf-jax").is_file()
     out = _run(
         [
             sys.executable,
-            ROOT / "experiments" / "train_sft.py",
-            "--config",
-            f"{ROOT}/configs/sft.py:smoke",
+            "-m",
+            "rlhf_jax",
+            "train",
+            "sft",
+            "--preset",
+            "smoke",
             "--config.run_dir=run",
             "--config.total_steps=2",
             "--config.console=False",

@@ -332,6 +332,8 @@ def test_derived_settings_follow_the_run_length_and_experiments_get_their_own_di
             f"runs/smoke/sft-{resolve(smoke, {'total_steps': 200}, kind='sft')[0]['run_dir'][-8:]}",
         }
     )
+    more = {"total_steps": 100, "checkpoint.allow_changed_config": True, "console": False}
+    assert resolve(smoke, more, kind="sft")[0]["run_dir"] in dirs  # resumes its run
     named, _ = resolve(smoke, {"total_steps": 100, "run_dir": "mine"}, kind="sft")
     assert named["run_dir"] == "mine"
 

@@ -136,7 +136,12 @@ def generate(argv: list[str]) -> int:
         {"prompt": prompts[i // n], "response": t, "ended": bool(e)}
         for i, (t, e) in enumerate(zip(texts, ended, strict=True))
     ]
-    _emit(rows, args.out, lambda row: f"> {row['prompt']}\n{row['response']}\n")
+
+    def show(row):
+        cut = "" if row["ended"] else f"  [no EOS within {args.max_new_tokens} tokens]"
+        return f"> {row['prompt']}\n{row['response'] or '(empty)'}{cut}\n"
+
+    _emit(rows, args.out, show)
     return 0
 
 

@@ -28,8 +28,12 @@ from collections.abc import Mapping
 from typing import Any
 
 SOURCE_FIELDS = ("hf_path", "artifact")  # a model source's origins that replace each other
-# Overrides that change how a run looks, not what it computes: they keep the preset's run_dir.
-COSMETIC = ("run_dir", "console", "tensorboard", "log_every", "wandb_project")
+# Overrides that change how a run looks or is kept, not what it computes: they keep the
+# run's directory (so that, e.g., allow_changed_config resumes the run it is meant for).
+COSMETIC = (
+    "run_dir", "console", "tensorboard", "log_every", "wandb_project",
+    "checkpoint.allow_changed_config", "checkpoint.keep", "checkpoint.async_save",
+)  # fmt: skip
 
 
 def warmup_steps(total_steps: int) -> int:
@@ -77,8 +81,13 @@ def _model_sources(config: dict, prefix: str = ""):
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
-    """8 hex digits of the config without its cosmetic fields (run_dir, console, ...)."""
-    kept = {k: v for k, v in config.items() if k not in COSMETIC}
+    """8 hex digits of the config without its `COSMETIC` fields (run_dir, console, ...)."""
+    kept = copy.deepcopy(dict(config))
+    for dotted in COSMETIC:
+        *parents, leaf = dotted.split(".")
+        node = _get(kept, ".".join(parents)) if parents else kept
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
