@@ -8,6 +8,7 @@ monitors, a red-team pass, and the end-of-run report.
     ev.frontier(ev.collect_points({"ppo": history}))      # Pareto points of (low KL, high reward)
     monitor = ev.HackingMonitor(ev.MonitorConfig())       # .update(it, stats) -> warnings
     ev.red_team(prompts, score_before=..., score_after=...)
+    ev.fit_gao(sqrt_kl_P, gold_gain_P, form="rl")         # Gao et al.'s α, β, R², gold peak
     ev.write_report(run_dir, runs={"ppo": history}, win_rates=..., monitors=monitor.summary())
 
 Everything here runs on the host in NumPy float64 after the device work: it is evaluation and
@@ -43,6 +44,7 @@ from rlhf_jax.evaluation.monitors import (
     MonitorWarning,
     relative_change,
 )
+from rlhf_jax.evaluation.overoptimization import GaoFit, fit_gao, gao_curve
 from rlhf_jax.evaluation.plots import (
     plot_length,
     plot_proxy_and_gold,
@@ -66,6 +68,7 @@ __all__ = [
     "BestOfNRun",
     "BestOfNScores",
     "FrontierPoint",
+    "GaoFit",
     "HackingMonitor",
     "HistoryKeys",
     "MonitorConfig",
@@ -81,7 +84,9 @@ __all__ = [
     "column",
     "compare_scores",
     "correlation",
+    "fit_gao",
     "frontier",
+    "gao_curve",
     "load_red_team_prompts",
     "pareto_frontier",
     "pearson",
