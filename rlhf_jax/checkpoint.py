@@ -39,12 +39,20 @@ __all__ = ["CheckpointError"]  # re-exported: one error for HF checkpoints and o
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    save_every: int = 100  # steps between saves (the last step and interrupts always save)
+    # Steps between saves (the last step and interrupts always save); None: spread evenly
+    # over the run (`every`), so the cadence follows total_steps / iterations.
+    save_every: int | None = None
     keep: int = 3  # how many recent checkpoints to keep
     async_save: bool = True  # write in a background thread while training goes on
     # Resume even when the checkpoint was written with other settings (the differing fields
     # are printed): to continue a run deliberately with, say, a new learning rate or data
     allow_changed_config: bool = False
+
+    def every(self, total_steps: int, *, saves_per_run: int, minimum: int = 1) -> int:
+        """``save_every``, or when None ``saves_per_run`` saves over ``total_steps``."""
+        if self.save_every is not None:
+            return self.save_every
+        return max(minimum, total_steps // saves_per_run)
 
 
 def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
@@ -62,9 +70,15 @@ def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
     return [] if saved == current else [f"{prefix}: saved {saved!r}, now {current!r}"]
 
 
+# Fingerprint fields added after checkpoints were written without them: such a checkpoint
+# resumes as before (it cannot have been written with another value of what it did not record).
+ADDED_LATER = ("total_steps", "iterations")
+
+
 def check_fingerprint(saved: Mapping, current: Mapping, *, where: str, allow=None) -> None:
     """Raises naming the fields that differ; with ``allow`` (a print function) reports them
     and goes on instead (``checkpoint.allow_changed_config``)."""
+    current = {k: v for k, v in current.items() if k in saved or k not in ADDED_LATER}
     diffs = _differences(jsonable(saved), jsonable(current))
     if not diffs:
         return
@@ -258,7 +272,8 @@ def save_artifact(
         ckptr.wait_until_finished()
     if jax.process_index() == 0:
         meta = jsonable(meta)
-        if tokenizer is not None:
+        if tokenizer is not None:  # afresh: a re-saved artifact keeps no stale tokenizer file
+            shutil.rmtree(directory / ARTIFACT_TOKENIZER, ignore_errors=True)
             tokenizer.save_pretrained(directory / ARTIFACT_TOKENIZER)
             meta["tokenizer"] = ARTIFACT_TOKENIZER
         meta["checksums"] = file_checksums(directory, skip=(ARTIFACT_META,))

@@ -63,7 +63,7 @@ def _wandb_run(project: str, log_dir, description: str, run_config):
     else:
         run_id = wandb.util.generate_id()
         id_file.write_text(run_id)
-    return wandb.init(
+    run = wandb.init(
         project=project,
         id=run_id,
         resume="allow",
@@ -71,6 +71,11 @@ def _wandb_run(project: str, log_dir, description: str, run_config):
         name=f"{directory.parent.name}-{description}",
         config=None if run_config is None else jsonable(run_config),
     )
+    # Our step as a metric rather than W&B's own step counter, which drops every row below its
+    # maximum: after a resume from an earlier checkpoint the re-run steps are logged again.
+    run.define_metric("step")
+    run.define_metric("*", step_metric="step")
+    return run
 
 
 def _short(key: str) -> str:
@@ -163,7 +168,7 @@ class MetricWriter:
                     self._tb.add_scalar(key, value, step)
             self._tb.flush()
         if self._wandb is not None:
-            self._wandb.log({k: v for k, v in values.items() if math.isfinite(v)}, step=step)
+            self._wandb.log({"step": step, **{k: v for k, v in values.items() if math.isfinite(v)}})
         if self._progress is not None:
             # A write without the shown metrics (a held-out evaluation) keeps the bar's.
             shown = "  ".join(f"{_short(k)} {values[k]:.4g}" for k in self.show if k in values)

@@ -99,7 +99,9 @@ def model_config(source: ModelSource) -> models.ModelConfig:
     return cfg.replace(dtype=source.dtype, param_dtype=source.param_dtype, **settings)
 
 
-def check_tokenizer(tokenizer, config: models.ModelConfig, *, where: str) -> None:
+def check_tokenizer(
+    tokenizer, config: models.ModelConfig, *, where: str, field: str = "model.tokenizer"
+) -> None:
     """Refuses a tokenizer whose ids do not fit the model's vocabulary (before any step: an id
     past the embedding table would otherwise end in a non-finite loss, or silently wrap)."""
     size = len(tokenizer)
@@ -107,7 +109,22 @@ def check_tokenizer(tokenizer, config: models.ModelConfig, *, where: str) -> Non
         raise ValueError(
             f"{where}: the tokenizer ({tokenizer.name_or_path}) has {size} tokens but the model's "
             f"vocabulary holds {config.vocab_size}; it is not this model's tokenizer. Set "
-            "model.tokenizer to the tokenizer the model was trained with."
+            f"{field} to the tokenizer the model was trained with."
+        )
+
+
+def check_same_tokenizer(tokenizer, other: ModelSource, *, where: str) -> None:
+    """Refuses a model (a reward model, a judge) that reads token ids with another vocabulary
+    than ``tokenizer``'s: it would score the ids of one tokenizer as the words of another."""
+    try:
+        path = other.tokenizer_path
+        theirs = models.load_tokenizer(path)
+    except (OSError, ValueError):
+        return  # no tokenizer recorded or saved beside it: nothing to compare with
+    if theirs.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"{where} was trained with another tokenizer ({path}) than the policy's "
+            f"({tokenizer.name_or_path}); it cannot score the policy's tokens"
         )
 
 

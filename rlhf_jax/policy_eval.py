@@ -28,7 +28,13 @@ from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.data import load_prompt_rows
 from rlhf_jax.generation import SamplingConfig
 from rlhf_jax.inference import Sampler, Scorer
-from rlhf_jax.placement import ModelSource, check_tokenizer, model_config, place_model
+from rlhf_jax.placement import (
+    ModelSource,
+    check_same_tokenizer,
+    check_tokenizer,
+    model_config,
+    place_model,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -73,7 +79,13 @@ def evaluate_policies(config: PolicyEvalConfig) -> dict:
     sources = {name: _source(s) for name, s in config.policies.items()}
     tokenizer = models.load_tokenizer(sources[config.baseline].tokenizer_path)
     for name, source in sources.items():
-        check_tokenizer(tokenizer, model_config(source), where=f"policies.{name}")
+        check_tokenizer(
+            tokenizer, model_config(source), where=f"policies.{name}",
+            field=f"policies.{config.baseline}.tokenizer",
+        )  # fmt: skip
+    if config.reward is not None:  # the judge scores the policies' token ids
+        check_same_tokenizer(tokenizer, config.reward, where="the judge's reward model")
+        check_tokenizer(tokenizer, model_config(config.reward), where="reward", field="reward")
     prompt_set = load_prompt_rows(
         config.prompts, split=config.prompt_split, column=config.prompt_column
     )

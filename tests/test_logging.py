@@ -43,8 +43,11 @@ def test_wandb_is_optional_and_logs_beside_the_jsonl(tmp_path, monkeypatch):
     calls = []
 
     class Run:
-        def log(self, values, step):
-            calls.append(("log", step, values))
+        def define_metric(self, name, **kw):
+            calls.append(("define_metric", name, kw))
+
+        def log(self, values):
+            calls.append(("log", values))
 
         def finish(self):
             calls.append(("finish",))
@@ -62,7 +65,8 @@ def test_wandb_is_optional_and_logs_beside_the_jsonl(tmp_path, monkeypatch):
     inits = [c[1] for c in calls if c[0] == "init"]
     assert [i["id"] for i in inits] == ["abc123", "abc123"] and inits[0]["project"] == "proj"
     assert inits[0]["config"] == {"lr": 1.0} and inits[0]["resume"] == "allow"
-    assert ("log", 1, {"loss": 0.25}) in calls and calls[-1] == ("finish",)
+    assert ("log", {"step": 1, "loss": 0.25}) in calls and calls[-1] == ("finish",)
+    assert ("define_metric", "*", {"step_metric": "step"}) in calls  # re-logged steps kept
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
     with pytest.raises(ImportError, match="pip install wandb"):
         MetricWriter(tmp_path / "x", total_steps=1, console=False, wandb_project="proj")

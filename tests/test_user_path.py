@@ -25,11 +25,17 @@ from tokenizers import models as tok_models
 from training_testing import TINY
 
 from rlhf_jax import cli, models, placement, sharding
+from rlhf_jax.checkpoint import CheckpointConfig
+from rlhf_jax.cli.train import _parse
 from rlhf_jax.data import formats
 from rlhf_jax.data import report as R
 from rlhf_jax.presets import phase_config
 from rlhf_jax.presets.overrides import resolve
 from rlhf_jax.presets.rl import rl_config
+from rlhf_jax.training.config import build
+from rlhf_jax.training.optimizer import OptimizerConfig, warmup_steps
+from rlhf_jax.training.phase import PhaseConfig
+from rlhf_jax.training.ppo import PPORunConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORDS = (
@@ -307,35 +313,53 @@ def test_a_model_source_given_replaces_the_presets():
     config, _ = resolve(smoke, {"model.hf_path": "m", "model.tokenizer": "t"}, kind="sft")
     assert config["model"]["tokenizer"] == "t"
     rl = rl_config("pythia1b_tldr").to_dict()
-    config, _ = resolve(rl, {"policy.hf_path": "p", "reward.tokenizer": "None"}, kind="ppo")
+    config, _ = resolve(rl, {"policy.hf_path": "p", "reward.tokenizer": None}, kind="ppo")
     assert config["policy"]["artifact"] is None and config["reward"]["tokenizer"] is None
 
 
-def test_derived_settings_follow_the_run_length_and_experiments_get_their_own_directory():
-    # Finding 5: total_steps carries warm-up and checkpoint cadence; 4: one directory each.
+def test_derived_settings_follow_the_run_length_unless_set():
+    # Finding 5: the presets leave warm-up and checkpoint cadence None, which follows the
+    # length wherever it is set; a value given (here or in a config file) stays.
+    c = phase_config("sft", "smoke")
+    c.total_steps = 100
+    config = build(PhaseConfig, c.to_dict())
+    assert warmup_steps(config.optimizer, config.total_steps) == 5
+    assert config.checkpoint.every(config.total_steps, saves_per_run=4) == 25
+    assert warmup_steps(OptimizerConfig(warmup_steps=0), 100) == 0
+    assert CheckpointConfig(save_every=7).every(100, saves_per_run=4) == 7
+    rl = build(PPORunConfig, rl_config("smoke").to_dict())
+    assert rl.checkpoint.save_every is None  # the RL run: every 5%, at least 2 (runner)
+
+
+def test_an_experiment_gets_its_own_directory_and_finds_it_again():
+    # Finding 4: one directory per configuration, named by a hash of the overrides alone (so
+    # a preset's or a default's later change does not move a run away from its checkpoints).
     smoke = phase_config("sft", "smoke").to_dict()
-    config, _ = resolve(smoke, {"total_steps": 100}, kind="sft")
-    assert config["optimizer"]["warmup_steps"] == 5 and config["checkpoint"]["save_every"] == 25
-    config, _ = resolve(smoke, {"total_steps": 100, "optimizer.warmup_steps": 0}, kind="sft")
-    assert config["optimizer"]["warmup_steps"] == 0
-    rl, _ = resolve(rl_config("smoke").to_dict(), {"iterations": 400}, kind="ppo")
-    assert rl["checkpoint"]["save_every"] == 20
-    dirs = {
-        resolve(smoke, over, kind="sft")[0]["run_dir"]
-        for over in ({"total_steps": 100}, {"total_steps": 200}, {"console": False}, {})
-    }
-    assert (
-        dirs
-        == {
-            "runs/smoke/sft",  # the preset as it is, or only cosmetic changes
-            f"runs/smoke/sft-{resolve(smoke, {'total_steps': 100}, kind='sft')[0]['run_dir'][-8:]}",
-            f"runs/smoke/sft-{resolve(smoke, {'total_steps': 200}, kind='sft')[0]['run_dir'][-8:]}",
-        }
+    run_dir = lambda over: resolve(smoke, over, kind="sft")[0]["run_dir"]
+    assert run_dir({}) == run_dir({"console": False}) == "runs/smoke/sft"
+    assert run_dir({"total_steps": 100}) == "runs/smoke/sft-6c67f07d"  # pinned
+    assert run_dir({"total_steps": 200}) != run_dir({"total_steps": 100})
+    # Keeping and showing a run differently resumes the same run.
+    more = {"total_steps": 100, "checkpoint.allow_changed_config": True, "console": False,
+            "checkpoint.save_every": 5}  # fmt: skip
+    assert run_dir(more) == "runs/smoke/sft-6c67f07d"
+    assert run_dir({"total_steps": 100, "run_dir": "mine"}) == "mine"
+
+
+def test_command_line_edge_cases_are_one_message(tmp_path):
+    assert "the sft presets are smoke, gpt2" in _error(
+        ["train", "sft", "--preset", "gpt5"], tmp_path
     )
-    more = {"total_steps": 100, "checkpoint.allow_changed_config": True, "console": False}
-    assert resolve(smoke, more, kind="sft")[0]["run_dir"] in dirs  # resumes its run
-    named, _ = resolve(smoke, {"total_steps": 100, "run_dir": "mine"}, kind="sft")
-    assert named["run_dir"] == "mine"
+    missing = _error(["train", "sft", "--config", str(tmp_path / "nope.py")], tmp_path)
+    assert "config file" in missing and "nope.py" in missing
+    # --config.x=None unsets a non-string optional field too; a --preset after overrides works.
+    config, overridden = _parse(
+        "sft",
+        ["--config.optimizer.max_grad_norm=None", "--config.total_steps=3", "--preset", "smoke"],
+    )
+    resolved, _ = resolve(config.to_dict(), overridden, kind="sft")
+    built = build(PhaseConfig, resolved)
+    assert built.optimizer.max_grad_norm is None and built.total_steps == 3
 
 
 def test_config_show_lists_every_field_with_its_comment(tmp_path):
@@ -359,7 +383,14 @@ def test_raw_hh_strings_are_read_as_conversations():
         {"role": "user", "content": "how are you?"},
     )
     assert record.responses == ("Fine.", "No.")
-    with pytest.raises(R.RowError, match="differ before their last message"):
+    with pytest.raises(R.RowError, match="differ before any 'Assistant:' turn they share"):
         formats.parse_preference({**row, "rejected": "\n\nHuman: other\n\nAssistant: No."})
     with pytest.raises(R.RowError, match="empty"):
         formats.parse_preference({**row, "chosen": row["chosen"].replace("Fine.", "")})
+    # As TRL splits them: a response is everything after the shared prompt, turns and all.
+    quoting = {**row, "chosen": row["chosen"] + "\n\nHuman: thanks"}
+    assert formats.parse_preference(quoting).responses == ("Fine.\n\nHuman: thanks", "No.")
+    with pytest.raises(R.RowError, match="must start with a 'Human:' turn"):
+        formats.parse_preference({"chosen": "\n\nAssistant: a", "rejected": "\n\nAssistant: b"})
+    with pytest.raises(R.RowError, match="'rejected' is not an HH transcript"):
+        formats.parse_preference({**row, "rejected": "No."})

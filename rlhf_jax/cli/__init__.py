@@ -29,21 +29,28 @@ class UsageError(ValueError):
     """A command line that cannot be run as given."""
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """An error of the kinds the package raises for a user's mistake (a bad value, a missing
+    file, a checkpoint of another configuration, a non-finite loss, a missing optional
+    dependency), raised by the package's own checks. The same kinds raised inside another
+    library (a shape error in JAX, say) are bugs to report, and keep their traceback."""
     from absl import flags
 
     from rlhf_jax.checkpoint import CheckpointError
     from rlhf_jax.training.loop import NonFiniteError, RunLockedError
 
-    return (
-        ValueError,
-        FileNotFoundError,
-        NotADirectoryError,
-        CheckpointError,
-        RunLockedError,
-        NonFiniteError,
-        flags.Error,
-    )
+    if isinstance(e, UsageError | flags.Error):
+        return True
+    kinds = (ValueError, OSError, ImportError, CheckpointError, RunLockedError, NonFiniteError)
+    if not isinstance(e, kinds):
+        return False
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(PACKAGE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(argv[0], argv[1:]) or 0
     except BaseException as e:
-        if debug or not isinstance(e, _user_errors()):
+        if debug or not _is_user_error(e):
             raise
         message = str(e).strip() or type(e).__name__
         print(f"error: {message}", file=sys.stderr)

@@ -121,7 +121,7 @@ def generate(argv: list[str]) -> int:
     tokenizer = models.load_tokenizer(source.tokenizer_path)
     mesh = _mesh()
     policy = place_model(source, head="lm", mesh=mesh)
-    check_tokenizer(tokenizer, policy.config, where=args.model)
+    check_tokenizer(tokenizer, policy.config, where=args.model, field="--tokenizer")
     tokens, mask = models.encode_prompts(tokenizer, prompts, max_length=None)
     eos_ids = tuple(policy.config.eos_token_ids) or (tokenizer.eos_token_id,)
     config = SamplingConfig(
@@ -180,7 +180,7 @@ def score(argv: list[str]) -> int:
     tokenizer = models.load_tokenizer(source.tokenizer_path)
     mesh = _mesh()
     model = placement.place_model(source, head="reward", mesh=mesh)
-    placement.check_tokenizer(tokenizer, model.config, where=args.model)
+    placement.check_tokenizer(tokenizer, model.config, where=args.model, field="--tokenizer")
     dataset = data_lib.load_data(
         data_lib.DataConfig(path=args.data, bucket_lengths=(args.max_length,)), tokenizer
     )
@@ -189,8 +189,8 @@ def score(argv: list[str]) -> int:
         raise ValueError(f"{args.data}: no usable rows to score")
     prompts = [e.prompt_ids for e in dataset.examples for _ in e.response_ids]
     responses = [r for e in dataset.examples for r in e.response_ids]
-    p_tok, p_mask = _pad(prompts, tokenizer.pad_token_id, left=True)
-    r_tok, r_mask = _pad(responses, tokenizer.pad_token_id, left=False)
+    p_tok, p_mask = models.pad_rows(prompts, tokenizer.pad_token_id, left=True)
+    r_tok, r_mask = models.pad_rows(responses, tokenizer.pad_token_id, left=False)
     batch = _batch(args.batch_size, len(responses), mesh)
     scorer = Scorer(model, batch_size=batch, pooling=pooling_of(source))
     scores = scorer.reward(p_tok, p_mask, r_tok, r_mask)
@@ -205,18 +205,6 @@ def score(argv: list[str]) -> int:
         accuracy = float(np.mean(pairs[:, 0] > pairs[:, 1]))
         print(f"[score] chosen > rejected on {accuracy:.3f} of {len(rows)} pairs", file=sys.stderr)
     return 0
-
-
-def _pad(rows, pad_id: int, *, left: bool):
-    import numpy as np
-
-    width = max(len(r) for r in rows)
-    tokens = np.full((len(rows), width), pad_id, np.int32)
-    mask = np.zeros((len(rows), width), bool)
-    for i, r in enumerate(rows):
-        span = slice(width - len(r), width) if left else slice(0, len(r))
-        tokens[i, span], mask[i, span] = r, True
-    return tokens, mask
 
 
 def report(argv: list[str]) -> int:

@@ -13,32 +13,55 @@ PHASES = ("sft", "reward", "dpo", "ppo")
 CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "presets" / "config_file.py"
 
 
-def _config_args(kind: str, argv: list[str]) -> list[str]:
-    """``--preset VARIANT`` (or ``--preset=VARIANT``) becomes the packaged config file's
-    ``--config=<file>:KIND:VARIANT``."""
-    out, it = [], iter(argv)
+def _variants(kind: str) -> tuple[str, ...]:
+    from rlhf_jax.presets import VARIANTS
+    from rlhf_jax.presets.evaluate import EVAL_VARIANTS
+    from rlhf_jax.presets.rl import RL_VARIANTS
+
+    return {"ppo": RL_VARIANTS, "evaluate": EVAL_VARIANTS}.get(kind, VARIANTS)
+
+
+def _config_args(kind: str, argv: list[str]) -> tuple[list[str], dict]:
+    """``(argv, unset)``: ``--preset VARIANT`` becomes the packaged config file's
+    ``--config=<file>:KIND:VARIANT``, first (ml-collections wants ``--config`` before its
+    overrides); ``--config.x=None`` is taken out (ml-collections would parse 'None' as the
+    field's type) and returned in ``unset``."""
+    config, rest, unset, it = [], [], {}, iter(argv)
     for arg in it:
         if arg == "--preset" or arg.startswith("--preset="):
             variant = arg.partition("=")[2] if "=" in arg else next(it, None)
-            if not variant:
-                raise UsageError("--preset needs a variant name, e.g. --preset smoke")
-            out.append(f"--config={CONFIG_FILE}:{kind}:{variant}")
+            if variant not in _variants(kind):
+                raise UsageError(
+                    f"--preset {variant!r}: the {kind} presets are {', '.join(_variants(kind))}"
+                )
+            config.append(f"--config={CONFIG_FILE}:{kind}:{variant}")
+        elif arg.startswith("--config.") and arg.endswith("=None"):
+            unset[arg[len("--config.") : -len("=None")]] = None
+        elif arg.startswith("--config=") or arg == "--config":
+            config.append(arg if arg != "--config" else f"--config={next(it, '')}")
         else:
-            out.append(arg)
-    return out
+            rest.append(arg)
+    return [*config, *rest], unset
 
 
 def _wants_help(argv: list[str]) -> bool:
     return any(a in ("-h", "--help", "--helpfull", "--helpshort") for a in argv)
 
 
+def _last_line(message: str) -> str:
+    """ml-collections embeds a config file's whole traceback in its message: its last line."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return lines[-1] if lines else str(message)
+
+
 def _parse(kind: str, argv: list[str]):
     """``(config_dict, overridden)`` from the command line: ``--config``/``--preset`` and
-    ``--config.x.y=value`` overrides."""
+    ``--config.x.y=value`` overrides (``=None`` unsets an optional field)."""
+    import ml_collections
     from absl import flags
     from ml_collections import config_flags
 
-    argv = _config_args(kind, argv)
+    argv, unset = _config_args(kind, argv)
     values = flags.FlagValues()
     holder = config_flags.DEFINE_config_file(
         "config", None, "Config file[:arg].", flag_values=values, lock_config=True
@@ -47,25 +70,34 @@ def _parse(kind: str, argv: list[str]):
     saved, sys.argv = sys.argv, [f"rlhf-jax {kind}", *argv]
     try:
         extra = values(sys.argv)[1:]
+        config = holder.value
     except flags.Error as e:
-        raise UsageError(f"{e}") from None
+        raise UsageError(_last_line(e)) from None
+    except OSError as e:  # a config file that is not there (ml-collections defers it)
+        raise UsageError(f"config file: {e}") from None
     except (AttributeError, KeyError, TypeError) as e:  # an override ml-collections refused
         detail = str(e.args[0] if e.args else e).replace("\\'", "'").replace("\\n", " ")
         if len(detail) > 1 and detail[0] == detail[-1] == "'":
             detail = detail[1:-1]
-        detail = " ".join(detail.split())
-        raise UsageError(f"bad config override: {detail}") from None
+        raise UsageError(f"bad config override: {' '.join(detail.split())}") from None
     finally:
         sys.argv = saved
     if extra:
         raise UsageError(f"unexpected argument(s): {' '.join(extra)}")
-    if holder.value is None:
+    if config is None:
         raise UsageError(
             f"a config is required: --preset VARIANT (e.g. --preset smoke) or --config FILE[:ARG] "
             f"(e.g. --config configs/{kind}.py:smoke); `rlhf-jax config show {kind}:smoke` lists "
             "the fields"
         )
-    return holder.value, dict(config_flags.get_override_values(values["config"]))
+    if not isinstance(config, ml_collections.ConfigDict):
+        try:  # ml-collections' stand-in for a file it could not read: any access raises
+            config.to_dict()
+        except OSError as e:
+            raise UsageError(f"config file: {_last_line(e)}") from None
+        raise UsageError(f"--config did not give a config: {config!r}")
+    overridden = dict(config_flags.get_override_values(values["config"]))
+    return config, {**overridden, **unset}
 
 
 def _help(kind: str, argv: list[str]) -> int:

@@ -229,27 +229,25 @@ def _encode_chunk(tokenizer, chunk, *, bucket_lengths, too_long, report) -> list
 MAX_UNKNOWN_FRACTION = 0.2  # a share of <unk> tokens above this means the wrong tokenizer
 
 
-def check_tokens(dataset: TokenizedDataset, tokenizer, *, vocab_size: int) -> None:
-    """Refuses data that the tokenizer cannot have been meant for: an id past the model's
-    vocabulary, or more than `MAX_UNKNOWN_FRACTION` of the tokens ``<unk>`` (a word-level or
-    another model's tokenizer; a byte-level BPE tokenizer never produces one)."""
-    if not dataset.examples:
-        return
-    ids = np.concatenate(
-        [np.concatenate([e.prompt_ids, *e.response_ids]) for e in dataset.examples]
-    )
-    name = getattr(tokenizer, "name_or_path", "the tokenizer")
-    if ids.max() >= vocab_size:
-        raise ValueError(
-            f"{dataset.report.source}: token id {int(ids.max())} (tokenizer {name}) is past the "
-            f"model's vocabulary of {vocab_size}; use the model's own tokenizer (model.tokenizer)"
-        )
+def check_tokens(dataset: TokenizedDataset, tokenizer) -> None:
+    """Refuses data that the tokenizer cannot have been meant for: more than
+    `MAX_UNKNOWN_FRACTION` of the tokens ``<unk>`` (a word-level or another model's tokenizer;
+    a byte-level BPE never produces one). Skipped when the unknown token is also EOS, BOS or
+    pad (GPT-2's ``<|endoftext|>``), which the encoder itself adds."""
     unk = tokenizer.unk_token_id
-    if unk is not None:
-        share = float(np.mean(ids == unk))
-        if share > MAX_UNKNOWN_FRACTION:
-            raise ValueError(
-                f"{dataset.report.source}: {share:.0%} of the tokens are {tokenizer.unk_token!r} "
-                f"under the tokenizer {name}: it is not the tokenizer of this data's model. Set "
-                "model.tokenizer (it defaults to model.hf_path, or the artifact's own)."
-            )
+    added = {tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id}
+    if unk is None or unk in added or not dataset.examples:
+        return
+    unknown = total = 0
+    for e in dataset.examples:
+        for ids in (e.prompt_ids, *e.response_ids):
+            unknown += int(np.count_nonzero(ids == unk))
+            total += ids.size
+    share = unknown / max(total, 1)
+    if share > MAX_UNKNOWN_FRACTION:
+        name = getattr(tokenizer, "name_or_path", "the tokenizer")
+        raise ValueError(
+            f"{dataset.report.source}: {share:.0%} of the tokens are {tokenizer.unk_token!r} "
+            f"under the tokenizer {name}: it is not the tokenizer of this data's model. Set "
+            "model.tokenizer (it defaults to model.hf_path, or the artifact's own)."
+        )

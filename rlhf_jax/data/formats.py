@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import os
 import re
 from collections.abc import Iterable, Mapping
 
@@ -179,24 +180,45 @@ def parse_sft(row: Mapping) -> Record:
     return Record(prompt, (text,))
 
 
-# A turn of a raw Anthropic HH transcript: "\n\nHuman: ..." or "\n\nAssistant: ...".
-_HH_TURN = re.compile(r"(?:^\s*|\n\n)(Human|Assistant):[ ]?")
+# Raw Anthropic HH transcripts: turns after blank lines, "\n\nHuman: ..." / "\n\nAssistant: ...".
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+_HH_ASSISTANT = "\n\nAssistant:"
 
 
 def _is_hh(text) -> bool:
-    return isinstance(text, str) and text.lstrip().startswith("Human:")
+    return isinstance(text, str) and bool(re.match(r"\s*(Human|Assistant):", text))
 
 
-def _hh_messages(text: str, key: str) -> list[Message]:
-    """A raw HH transcript as messages (Human → user, Assistant → assistant)."""
-    parts = _HH_TURN.split(text)
+def _hh_record(chosen: str, rejected: str) -> tuple[tuple[Message, ...], tuple[str, str]]:
+    """(prompt messages, (chosen, rejected)) of a raw HH pair, split as TRL does: the prompt is
+    the shared transcript up to its last "\n\nAssistant:", each response the rest (whole,
+    whatever it contains)."""
+    if not (_is_hh(chosen) and _is_hh(rejected)):
+        side = "chosen" if not _is_hh(chosen) else "rejected"
+        raise R.RowError(
+            R.BAD_MESSAGES, f"{side!r} is not an HH transcript (starting 'Human:') as the other is"
+        )
+    chosen, rejected = "\n\n" + chosen.lstrip(), "\n\n" + rejected.lstrip()
+    shared = os.path.commonprefix([chosen, rejected])  # noqa: RUF071 (characters, as meant)
+    cut = shared.rfind(_HH_ASSISTANT)
+    if cut < 0:
+        raise R.RowError(
+            R.BAD_MESSAGES, "the HH transcripts differ before any 'Assistant:' turn they share"
+        )
+    parts = _HH_TURN.split(chosen[:cut])
     if parts[0].strip():
-        raise R.RowError(R.BAD_MESSAGES, f"{key!r} has text before its first 'Human:' turn")
+        raise R.RowError(R.BAD_MESSAGES, "the HH transcript has text before its first turn")
     roles, contents = parts[1::2], parts[2::2]
-    return [
+    if not roles or roles[0] != "Human":
+        raise R.RowError(R.BAD_MESSAGES, "the HH transcript must start with a 'Human:' turn")
+    prompt = tuple(
         {"role": "user" if role == "Human" else "assistant", "content": content.strip()}
         for role, content in zip(roles, contents, strict=True)
-    ]
+    )
+    head = cut + len(_HH_ASSISTANT)
+    responses = (_response(chosen[head:].strip(), "chosen"),
+                 _response(rejected[head:].strip(), "rejected"))  # fmt: skip
+    return prompt, responses
 
 
 def parse_preference(row: Mapping) -> Record:
@@ -204,8 +226,8 @@ def parse_preference(row: Mapping) -> Record:
     for key, value in (("chosen", chosen), ("rejected", rejected)):
         if value is None:
             raise R.RowError(R.MISSING_FIELD, f"{key!r} is missing or null")
-    if row.get("prompt") is None and _is_hh(chosen) and _is_hh(rejected):
-        chosen, rejected = _hh_messages(chosen, "chosen"), _hh_messages(rejected, "rejected")
+    if row.get("prompt") is None and (_is_hh(chosen) or _is_hh(rejected)):
+        return Record(*_hh_record(chosen, rejected))
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise R.RowError(
             R.WRONG_TYPE,

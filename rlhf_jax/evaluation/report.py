@@ -82,12 +82,18 @@ def _clipped(rows: list, what: str) -> tuple[list, list[str]]:
     ]
 
 
-def _definitions(keys: HistoryKeys) -> list[str]:
+def _definitions(keys: HistoryKeys, *, raw: bool) -> list[str]:
+    score = (
+        "the reward model's raw score of a response"
+        if raw
+        else "the reward model's score as training used it (normalised where the run "
+        "normalised it; not every run logged the raw one)"
+    )
     return [
         "What the numbers are:",
         "",
-        f"- **proxy**: the reward model's raw score of a response (`{keys.proxy}` in the "
-        "training logs): what the policy was trained to raise, and what can be gamed.",
+        f"- **proxy**: {score} (`{keys.proxy}` in the training logs): what the policy was "
+        "trained to raise, and what can be gamed.",
         f"- **gold**: the true reward r* of the same response (`{keys.gold}`), known only on "
         "tasks that define one (the synthetic task); a proxy rising while gold falls is reward "
         "hacking.",
@@ -121,12 +127,13 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     plots: dict[str, Path] = {}
     logged = [h for h in runs.values() if h]
-    if keys.raw_proxy and logged and all(has(h, keys.raw_proxy) for h in logged):
+    raw = bool(keys.raw_proxy and logged and all(has(h, keys.raw_proxy) for h in logged))
+    if raw:
         keys = dataclasses.replace(keys, proxy=keys.raw_proxy)
     md = [f"# {title}", ""]
     if notes:
         md += markdown_table(["", "value"], [[k, v] for k, v in notes.items()])
-    md += _definitions(keys)
+    md += _definitions(keys, raw=raw or not logged)
 
     md += ["## Summary", ""]
     if runs:

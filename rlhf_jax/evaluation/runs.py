@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from rlhf_jax.checkpoint import artifact_exists, read_artifact_meta
 from rlhf_jax.evaluation.plots import ema, figure, save_png
 from rlhf_jax.evaluation.report import fmt, markdown_table, write_report
 
@@ -30,16 +31,25 @@ HIDDEN = ("step", "time", "steps_per_second", "iteration")
 MAX_CURVES = 9  # panels per run's figure; the markdown table lists every metric's last value
 
 
-def _rows(path: pathlib.Path) -> list[dict]:
+def _rows(path: pathlib.Path, *, x: str) -> list[dict]:
+    """The logged rows, as the run's final trajectory: a last line still being written is left
+    out, and rows a resume went back over (their ``x`` at or past a later row's resumed
+    ``x``) give way to the rows written after the resume."""
     if not path.is_file():
         return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise ValueError(f"{path}: line {number} is not JSON") from None
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # being written (a live run)
+            raise ValueError(f"{path}: line {number} is not JSON") from None
+        at = row.get(x)
+        if isinstance(at, int | float) and rows and at < rows[-1].get(x, at):
+            rows = [r for r in rows if r.get(x, -math.inf) < at]  # a resume went back to at
+        rows.append(row)
     return rows
 
 
@@ -89,10 +99,10 @@ def write_run_report(run_dirs: Sequence[str | pathlib.Path], out_dir) -> pathlib
         if not run_dir.is_dir():
             raise FileNotFoundError(f"run directory not found: {run_dir}")
         name = _name(run_dir, taken)
-        meta_path = run_dir / "artifact" / "artifact.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        metrics = _rows(run_dir / "logs" / "metrics.jsonl")
-        history = _rows(run_dir / "history.jsonl")
+        artifact = run_dir / "artifact"
+        meta = read_artifact_meta(artifact) if artifact_exists(artifact) else {}
+        metrics = _rows(run_dir / "logs" / "metrics.jsonl", x="step")
+        history = _rows(run_dir / "history.jsonl", x="iteration")
         phase = meta.get("phase", "ppo" if history else "?")
         md += [f"## {name} ({phase})", "", f"`{run_dir}`", ""]
         if not metrics and not history:

@@ -46,6 +46,7 @@ from rlhf_jax.models.tokenizer import (
     encode_prompts,
     fit_prompts,
     load_tokenizer,
+    pad_rows,
 )
 from rlhf_jax.models.transformer import (
     LOGICAL_AXES,
@@ -78,6 +79,7 @@ __all__ = [
     "load_pretrained",
     "load_scalar_model",
     "load_tokenizer",
+    "pad_rows",
     "pool_scores",
     "positions_from_mask",
     "save_pretrained",

@@ -100,11 +100,18 @@ def decode_responses(
     return texts, np.asarray(ended)
 
 
-def _left_padded(tokenizer, rows: list[list[int]], max_length: int):
-    tokens = np.full((len(rows), max_length), tokenizer.pad_token_id, np.int32)
-    mask = np.zeros((len(rows), max_length), bool)
+def pad_rows(rows, pad_id: int, *, width: int | None = None, left: bool):
+    """(tokens int32, mask bool) of (N, width) from id sequences, padded on the left (prompts)
+    or the right (responses); width defaults to the longest row."""
+    width = max((len(r) for r in rows), default=1) if width is None else width
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), bool)
     for i, ids in enumerate(rows):
-        if ids:
-            tokens[i, max_length - len(ids) :] = ids
-            mask[i, max_length - len(ids) :] = True
+        if len(ids):
+            span = slice(width - len(ids), width) if left else slice(0, len(ids))
+            tokens[i, span], mask[i, span] = ids, True
     return tokens, mask
+
+
+def _left_padded(tokenizer, rows: list[list[int]], max_length: int):
+    return pad_rows(rows, tokenizer.pad_token_id, width=max_length, left=True)

@@ -26,7 +26,6 @@ from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import data as data_lib
 from rlhf_jax import models
 from rlhf_jax.placement import ModelSource
-from rlhf_jax.presets.overrides import save_every, warmup_steps
 from rlhf_jax.training.config import config_dict
 from rlhf_jax.training.dpo import DPOPhaseConfig
 from rlhf_jax.training.optimizer import OptimizerConfig
@@ -126,8 +125,9 @@ def phase_config(phase: str, arg: str | None) -> ml_collections.ConfigDict:
             batch_size=p["batch_size"],
             eval_fraction=0.0 if phase == "sft" else 0.1,
         ),
-        optimizer=OptimizerConfig(learning_rate=p["lr"][phase], warmup_steps=warmup_steps(steps)),
-        checkpoint=ckpt_lib.CheckpointConfig(save_every=save_every(steps), keep=2),
+        # Warm-up (5%) and checkpoint cadence (four per phase) follow total_steps.
+        optimizer=OptimizerConfig(learning_rate=p["lr"][phase], warmup_steps=None),
+        checkpoint=ckpt_lib.CheckpointConfig(keep=2),
         total_steps=steps,
         **extra,
     )

@@ -22,7 +22,6 @@ from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import models, rewards
 from rlhf_jax.placement import ModelSource
 from rlhf_jax.presets import SMOKE_DATA, SMOKE_MODEL
-from rlhf_jax.presets.overrides import rl_save_every
 from rlhf_jax.training.config import config_dict
 from rlhf_jax.training.optimizer import OptimizerConfig
 from rlhf_jax.training.ppo import PPOConfig, PPORunConfig
@@ -62,7 +61,7 @@ def _smoke(grpo: bool) -> PPORunConfig:
         prompts_per_iteration=per_iteration,
         iterations=4,
         ppo=ppo,
-        checkpoint=ckpt_lib.CheckpointConfig(save_every=rl_save_every(4), keep=2),
+        checkpoint=ckpt_lib.CheckpointConfig(keep=2),
     )
 
 
@@ -89,7 +88,7 @@ def _pythia_tldr() -> PPORunConfig:
             policy_optimizer=opt,
             critic_optimizer=opt,
         ),
-        checkpoint=ckpt_lib.CheckpointConfig(save_every=rl_save_every(1953), keep=2),
+        checkpoint=ckpt_lib.CheckpointConfig(keep=2),
     )
 
 
@@ -113,7 +112,7 @@ def _qwen_hh() -> PPORunConfig:
             policy_optimizer=opt,
             critic_optimizer=opt,
         ),
-        checkpoint=ckpt_lib.CheckpointConfig(save_every=rl_save_every(1000), keep=2),
+        checkpoint=ckpt_lib.CheckpointConfig(keep=2),
     )
 
 
@@ -147,7 +146,7 @@ def _grpo_qwen() -> PPORunConfig:
             policy_optimizer=opt,
             critic_optimizer=opt,
         ),
-        checkpoint=ckpt_lib.CheckpointConfig(save_every=rl_save_every(500), keep=2),
+        checkpoint=ckpt_lib.CheckpointConfig(keep=2),
     )
 
 

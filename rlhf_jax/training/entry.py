@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import jax
 from absl import logging as absl_logging
 
 from rlhf_jax import sharding
@@ -27,8 +28,9 @@ def _resolved(config_dict, overrides, kind: str) -> dict:
     if overrides is None:
         return config
     config, notes = resolve(config, overrides, kind=kind)
-    for note in notes:
-        print(f"[{kind}] {note}", flush=True)
+    if jax.process_index() == 0:
+        for note in notes:
+            print(f"[{kind}] {note}", flush=True)
     return config
 
 

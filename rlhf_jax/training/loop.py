@@ -19,6 +19,7 @@ A state is any pytree with ``step``, ``nonfinite_count`` and ``first_nonfinite_s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -142,12 +143,17 @@ class Run:
         run_config=None,
         show: tuple[str, ...] = ("loss",),
         unit: str = "step",
+        saves_per_run: int = 4,
+        min_save_every: int = 1,
     ):
         self.dir = pathlib.Path(run_dir).absolute()
         self.description = description
         self.total_steps = total_steps
         self.unit = unit  # what a step is called in messages ("iteration" for PPO)
         self.lock = RunLock(self.dir)
+        # A cadence left unset follows the run's length.
+        every = checkpoint.every(total_steps, saves_per_run=saves_per_run, minimum=min_save_every)
+        checkpoint = dataclasses.replace(checkpoint, save_every=every)
         try:
             self.writer = MetricWriter(
                 self.dir / "logs",

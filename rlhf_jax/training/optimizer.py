@@ -20,7 +20,9 @@ class OptimizerConfig:
 
     learning_rate: float = 1e-5  # peak learning rate
     schedule: Literal["constant", "linear", "cosine"] = "cosine"  # decay after warmup
-    warmup_steps: int = 0  # linear warmup from 0 to the peak
+    # Linear warmup from 0 to the peak, in steps; None: 5% of the run's steps (at least 1),
+    # so it follows the run's length.
+    warmup_steps: int | None = 0
     end_lr_fraction: float = 0.0  # final learning rate as a fraction of the peak
     weight_decay: float = 0.0  # decoupled weight decay on matrices (not norms or biases)
     b1: float = 0.9
@@ -31,10 +33,18 @@ class OptimizerConfig:
     name: Literal["adamw", "sgd"] = "adamw"  # sgd: plain gradient steps (equivalence tests)
 
 
+def warmup_steps(config: OptimizerConfig, total_steps: int) -> int:
+    """The warm-up of a run of ``total_steps``: ``config.warmup_steps``, or 5% when None."""
+    if config.warmup_steps is None:
+        return max(1, total_steps // 20)
+    return config.warmup_steps
+
+
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
     """Warmup then decay over ``total_steps`` optimizer steps (warmup included)."""
     peak, end = config.learning_rate, config.learning_rate * config.end_lr_fraction
-    decay_steps = max(total_steps - config.warmup_steps, 1)
+    warmup_len = warmup_steps(config, total_steps)
+    decay_steps = max(total_steps - warmup_len, 1)
     if config.schedule == "constant":
         decay = optax.constant_schedule(peak)
     elif config.schedule == "linear":
@@ -45,10 +55,10 @@ def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
         raise ValueError(
             f"optimizer.schedule={config.schedule!r}; expected 'constant', 'linear' or 'cosine'"
         )
-    if config.warmup_steps <= 0:
+    if warmup_len <= 0:
         return decay
-    warmup = optax.linear_schedule(0.0, peak, config.warmup_steps)
-    return optax.join_schedules([warmup, decay], [config.warmup_steps])
+    warmup = optax.linear_schedule(0.0, peak, warmup_len)
+    return optax.join_schedules([warmup, decay], [warmup_len])
 
 
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:

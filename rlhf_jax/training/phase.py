@@ -108,7 +108,7 @@ def run_phase(phase: Phase, config: PhaseConfig, *, stop_after: int | None = Non
     tokenizer = models.load_tokenizer(config.model.tokenizer_path)
     placement.check_tokenizer(tokenizer, architecture, where="model.tokenizer")
     train, eval_ = data_lib.load_train_eval(config.data, tokenizer)
-    data_lib.check_tokens(train, tokenizer, vocab_size=architecture.vocab_size)
+    data_lib.check_tokens(train, tokenizer)
     if train.kind not in phase.data_kinds:
         raise ValueError(
             f"data.path={config.data.path!r} holds {train.kind!r} data; the {phase.name} phase "

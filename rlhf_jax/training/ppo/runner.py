@@ -219,6 +219,8 @@ def run_ppo(
         run_config=config,
         show=("objective/scores", "objective/kl", "objective/gold"),
         unit="iteration",
+        saves_per_run=20,  # an RL run is long: a save every 5% of it, at least every 2
+        min_save_every=2,
     ) as run:
         if prompts.num_dropped:
             run.print(prompts.summary(config.prompts, config.prompt_length))

@@ -16,6 +16,7 @@ from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import losses, models, rewards
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.placement import (
+    check_same_tokenizer,
     check_tokenizer,
     copy_tree,
     model_config,
@@ -80,9 +81,14 @@ def init_ppo_state(config, mesh, *, reward_functions=()):
     functions = reward_sources(config, reward_functions)
     # The tokenizer is checked against the architecture before any weights are read.
     tokenizer = models.load_tokenizer(config.policy.tokenizer_path)
-    check_tokenizer(tokenizer, model_config(config.policy), where="policy.tokenizer")
+    check_tokenizer(
+        tokenizer, model_config(config.policy), where="policy", field="policy.tokenizer"
+    )
     if config.reward is not None:  # it scores the policy's token ids
-        check_tokenizer(tokenizer, model_config(config.reward), where="reward model")
+        check_same_tokenizer(tokenizer, config.reward, where="the reward model")
+        check_tokenizer(
+            tokenizer, model_config(config.reward), where="reward", field="policy.tokenizer"
+        )
     policy = place_model(config.policy, head="lm", mesh=mesh, seed=config.seed)
     reward = None
     if config.reward is not None:
