@@ -394,3 +394,14 @@ def test_raw_hh_strings_are_read_as_conversations():
         formats.parse_preference({"chosen": "\n\nAssistant: a", "rejected": "\n\nAssistant: b"})
     with pytest.raises(R.RowError, match="'rejected' is not an HH transcript"):
         formats.parse_preference({**row, "rejected": "No."})
+
+
+def test_a_checkpoint_from_before_the_run_length_was_recorded_still_resumes():
+    from rlhf_jax.checkpoint import CheckpointError, check_fingerprint
+
+    old = {"phase": "sft", "seed": 0}  # written before total_steps was in the fingerprint
+    check_fingerprint(old, {**old, "total_steps": 60}, where="x")
+    with pytest.raises(CheckpointError, match="total_steps: saved 60, now 90"):
+        check_fingerprint({**old, "total_steps": 60}, {**old, "total_steps": 90}, where="x")
+    with pytest.raises(CheckpointError, match="seed"):
+        check_fingerprint(old, {**old, "seed": 1, "total_steps": 60}, where="x")
