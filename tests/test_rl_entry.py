@@ -57,6 +57,7 @@ def _users_config(root, run_dir, arg="smoke"):
     c.policy.tokenizer = str(root / "policy")
     if arg == "smoke":
         c.reward.hf_path = str(root / "rm")
+        c.reward.tokenizer = str(root / "rm")  # not the preset's: it reads the policy's ids
     c.prompts = str(root / "prompts.jsonl")
     c.prompt_length = 16
     c.rewards.kwargs.exact_match.column = "answer"
