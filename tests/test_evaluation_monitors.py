@@ -1,5 +1,6 @@
 """Reward-hacking monitors on synthetic trajectories: each symptom fires, a healthy run is quiet."""
 
+import json
 import logging
 import math
 
@@ -211,3 +212,70 @@ def test_relative_change():
     assert relative_change(10.0, 20.0) == -0.5
     assert relative_change(0.0, 0.0) == 0.0
     assert relative_change(1.0, 0.0) == math.inf
+
+
+def echo_stats(t, rng, *, hacked: bool):
+    """Healthy run plus an echo feature; when ``hacked`` the proxy rewards echo from t = 10
+    and the policy drifts onto it (what a sycophancy-biased reward model does)."""
+    stats = healthy_stats(t, rng)
+    shift = 0.05 * max(t - 10, 0) if hacked else 0.0
+    echo = np.clip(rng.normal(0.2 + shift, 0.1, B), 0, 1)
+    if hacked and t >= 10:
+        stats["proxy_scores_B"] = stats["proxy_scores_B"] + 10.0 * echo
+    stats["features"] = {"echo": echo}
+    return stats
+
+
+def test_feature_correlation_and_drift_fire_on_a_rewarded_feature_only():
+    quiet, fired = run(lambda t, rng: echo_stats(t, rng, hacked=False))
+    assert fired == {}
+    assert abs(quiet.latest["monitor/echo_drift"]) < 1.0
+    monitor, fired = run(lambda t, rng: echo_stats(t, rng, hacked=True))
+    # corr(proxy, echo) jumps at t = 10; the mean moves 0.05 per step from t = 10 against an
+    # initial std of 0.1: the 5-update average passes 1 std at t = 14 (mean of 0.1..0.3).
+    assert fired["echo_correlation"] == 10
+    assert fired["echo_drift"] == 14
+    s = monitor.summary()
+    assert list(s["monitors"]) == ["echo_correlation", "echo_drift"]
+    assert s["baseline"]["echo_std"] == pytest.approx(0.1, rel=0.15)
+    assert {"monitor/proxy_echo_corr", "monitor/gold_echo_corr"} <= set(monitor.latest)
+
+
+def test_feature_drift_is_in_initial_stds_over_the_window():
+    monitor = HackingMonitor(MonitorConfig(window=2, max_feature_drift=1.0))
+    ones = np.ones(4)
+    assert monitor.update(0, {"features": {"f": np.array([0.0, 2.0, 0.0, 2.0])}}) == []
+    # start mean 1, std 1; window of 2: (1 + 3) / 2 = 2 → drift exactly 1: not past it
+    assert monitor.update(1, {"features": {"f": 3 * ones}}) == []
+    assert monitor.latest["monitor/f_drift"] == pytest.approx(1.0)
+    (w,) = monitor.update(2, {"features": {"f": 3 * ones}})
+    assert (w.monitor, w.value) == ("f_drift", pytest.approx(2.0))
+    # a constant first batch measures drift in the feature's own units
+    constant = HackingMonitor(MonitorConfig(window=2))
+    constant.update(0, {"features": {"g": np.zeros(3)}})
+    constant.update(1, {"features": {"g": np.full(3, 4.0)}})
+    assert constant.latest["monitor/g_drift"] == pytest.approx(2.0)
+
+
+def test_feature_state_survives_a_resume_and_old_states_load():
+    rng = np.random.default_rng(1)
+    whole, half = HackingMonitor(), HackingMonitor()
+    stats = [echo_stats(t, rng, hacked=True) for t in range(20)]
+    for t, s in enumerate(stats):
+        whole.update(t, s)
+        if t < 10:
+            half.update(t, s)
+    saved = json.loads(json.dumps(half.state_dict()))  # as a checkpoint holds it
+    resumed = HackingMonitor()
+    resumed.load_state_dict(saved)
+    for t, s in enumerate(stats[10:], start=10):
+        resumed.update(t, s)
+    assert resumed.summary() == whole.summary()
+    old = {k: v for k, v in saved.items() if k != "_feature_means"}
+    HackingMonitor().load_state_dict(old)  # written before features existed
+
+
+@pytest.mark.parametrize("name", ["length", "not a name", "1x"])
+def test_feature_names_are_checked(name):
+    with pytest.raises(ValueError, match="identifiers other than 'length'"):
+        HackingMonitor().update(0, {"features": {name: [1.0, 2.0]}})

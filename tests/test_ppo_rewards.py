@@ -177,3 +177,48 @@ def test_policy_loss_variants_run_on_policy(artifacts, tmp_path, loss, extra):  
                      result["state"].policy, result["state"].frozen["reference"])
     )  # fmt: skip
     assert any(changed)
+
+
+def word_count(*, prompts, completions, **_):
+    """A text monitor feature: words per decoded response."""
+    return [float(len(c.split())) for c in completions]
+
+
+def test_monitor_features_reach_the_monitor_and_never_the_score(artifacts, tmp_path):  # noqa: F811
+    from rlhf_jax import evaluation as ev
+
+    plain = ppo_lib.run_ppo(_with(_config(artifacts, tmp_path / "plain"), iterations=2))
+    seen = []
+
+    class Recording(ev.HackingMonitor):
+        def update(self, iteration, stats, **kw):
+            seen.append(stats["features"])
+            return super().update(iteration, stats, **kw)
+
+    monitor = Recording()
+    config = _with(
+        _config(artifacts, tmp_path / "features"),
+        iterations=2,
+        monitor_features=(f"{HERE}.word_count",),
+    )
+    negative_length = rewards.RewardFunction("short", "tokens", rewards.length_penalty)
+    result = ppo_lib.run_ppo(config, monitor=monitor, features=(negative_length,))
+    for a, b in zip(plain["history"], result["history"], strict=True):
+        # the same run: features are computed beside the score, not in it
+        assert a["objective/scores"] == b["objective/scores"]
+        assert a["loss/policy"] == b["loss/policy"]
+    assert len(seen) == 2 and set(seen[0]) == {"word_count", "short"}
+    for row, features in zip(result["history"], seen, strict=True):
+        assert features["word_count"].shape == (8,)
+        np.testing.assert_allclose(row["features/short/mean"], -row["response_length"] / 6, 1e-6)
+        assert row["features/word_count/mean"] == pytest.approx(features["word_count"].mean())
+        assert {"monitor/word_count_drift", "monitor/proxy_short_corr"} <= set(row)
+    with pytest.raises(ValueError, match=r"'length' .*own monitors"):
+        ppo_lib.run_ppo(
+            _with(config, run_dir=str(tmp_path / "bad")),
+            features=(rewards.RewardFunction("length", "tokens", rewards.length_penalty),),
+        )
+    fused = _with(config, run_dir=str(tmp_path / "fused"))
+    fused = _with(fused, ppo=dataclasses.replace(fused.ppo, fuse_iteration=True))
+    with pytest.raises(ValueError, match="text monitor features"):
+        ppo_lib.run_ppo(fused)

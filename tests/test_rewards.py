@@ -85,3 +85,21 @@ def test_sources_sum_with_weights_and_name_bad_rows():
         rewards.RewardsConfig(kwargs={"format_mach": {}})
     # Options of a registered function that is not listed are kept for when it is.
     assert rewards.RewardsConfig(kwargs={"format_match": {"pattern": "x"}}).kwargs
+
+
+def test_monitor_feature_functions():
+    completions = ["I think you're right, maybe.", "Perhaps. PERHAPS!", "thinking of mayhem"]
+    assert rewards.hedging(prompts=[""] * 3, completions=completions) == [2.0, 2.0, 0.0]
+    assert rewards.agreement(prompts=[""] * 3, completions=completions) == [1.0, 0.0, 0.0]
+    assert rewards.agreement(prompts=[""], completions=["so true"], phrases=["so true"]) == [1.0]
+    with pytest.raises(ValueError, match="hedging: phrases must be a non-empty list"):
+        rewards.hedging(prompts=[""], completions=["x"], phrases="maybe")
+    prompts = ["what is the capital of france", [{"role": "user", "content": "a b c d"}]]
+    out = rewards.prompt_overlap(
+        prompts=prompts, completions=["the capital of france is paris", "a b c x"], n=2
+    )
+    # 2-grams: (the capital) (capital of) (of france) in the prompt, (france is) (is paris) not
+    assert out == [3 / 5, 2 / 3]
+    assert rewards.prompt_overlap(prompts=["a b"], completions=["a"], n=2) == [0.0]
+    for name in ("hedging", "agreement", "prompt_overlap"):
+        assert rewards.REGISTRY[name].kind == "text"

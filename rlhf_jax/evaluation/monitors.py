@@ -15,6 +15,16 @@ few high-scoring outputs. Each monitor watches one symptom and warns past a thre
     kl_growth              least-squares slope of kl over the last ``window`` updates
                            > ``max_kl_rate`` nats per iteration
     entropy_collapse       entropy < ``min_entropy_frac`` × initial entropy
+    <f>_correlation        corr(proxy_B, f_B) across samples > ``max_feature_corr``, for each
+                           feature f of the responses given (``features``: the prompt echoed,
+                           hedging or agreement phrases, ...)
+    <f>_drift              |moving average (over ``window``) of mean f − its initial mean|
+                           > ``max_feature_drift`` × the initial across-sample std of f
+
+Only the divergence and proxy–gold correlation need a gold reward; the rest watch what a real
+run has (the proxy, the responses' features, KL, entropy). A rising correlation of the proxy
+with a feature the task does not ask for, and the policy drifting along it, is how a learned
+reward's bias shows without a gold reward (verbosity: length; sycophancy: echo, agreement).
 
 "Initial" is the first update that carried the statistic (ideally the SFT policy's samples).
 Correlations use ``config.correlation`` (Spearman by default: rank-based, so one outlying
@@ -38,7 +48,7 @@ from rlhf_jax.evaluation.correlation import correlation, slope
 
 logger = logging.getLogger(__name__)
 
-STATS_KEYS = ("proxy_scores_B", "gold_scores_B", "lengths_B", "kl", "entropy")
+STATS_KEYS = ("proxy_scores_B", "gold_scores_B", "lengths_B", "kl", "entropy", "features")
 MONITORS = (
     "proxy_gold_divergence",
     "proxy_gold_correlation",
@@ -63,6 +73,8 @@ class MonitorConfig:
     max_kl: float = 20.0  # nats per response; Ziegler et al.'s adaptive target is 6
     max_kl_rate: float = 1.0  # nats per iteration, least-squares over the window
     min_entropy_frac: float = 0.25  # of the initial entropy
+    max_feature_corr: float = 0.5  # proxy–feature correlation above this warns (each feature)
+    max_feature_drift: float = 1.0  # feature mean's move from the start, in initial stds
 
     def __post_init__(self):
         if isinstance(self.window, bool) or int(self.window) != self.window or self.window < 2:
@@ -71,11 +83,12 @@ class MonitorConfig:
             raise ValueError(
                 f"MonitorConfig.correlation={self.correlation!r}; expected 'pearson' or 'spearman'"
             )
-        for name in ("gold_drop", "max_length_drift", "max_kl", "max_kl_rate", "min_entropy_frac"):
+        for name in ("gold_drop", "max_length_drift", "max_kl", "max_kl_rate", "min_entropy_frac",
+                     "max_feature_drift"):  # fmt: skip
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"MonitorConfig.{name} must be a finite number ≥ 0; got {value!r}")
-        for name in ("min_proxy_gold_corr", "max_length_corr"):
+        for name in ("min_proxy_gold_corr", "max_length_corr", "max_feature_corr"):
             value = getattr(self, name)
             if not -1.0 <= value <= 1.0:
                 raise ValueError(f"MonitorConfig.{name} must be in [-1, 1]; got {value!r}")
@@ -128,6 +141,8 @@ class HackingMonitor:
       lengths_B       the responses' lengths in tokens (up to and including EOS)
       kl              mean KL(π ‖ π_ref) per response, nats (a scalar)
       entropy         mean per-token policy entropy, nats (a scalar)
+      features        {name: per-sample values (B,)} of features of the same responses
+                      (names are identifiers other than "length"; the same names every update)
     Arrays may be NumPy or JAX (brought to the host); per-sample arrays must be 1-D, the same
     length, finite. A non-finite ``kl`` or ``entropy`` is itself reported as a warning.
 
@@ -150,6 +165,7 @@ class HackingMonitor:
         self._gold_means: list[float] = []
         self._smoothed: list[tuple[float, float]] = []  # (proxy, gold) moving averages
         self._kl: list[tuple[float, float]] = []  # (iteration, kl), finite only
+        self._feature_means: dict[str, list[float]] = {}  # per feature, per update
         self._last_iteration: int | None = None
 
     # -- one update ----------------------------------------------------------------------
@@ -163,6 +179,16 @@ class HackingMonitor:
             for k in ("proxy_scores_B", "gold_scores_B", "lengths_B")
             if stats.get(k) is not None
         }
+        features = {}
+        for name, values in (stats.get("features") or {}).items():
+            if not str(name).isidentifier() or name == "length":
+                raise ValueError(
+                    f"stats['features'] has a feature named {name!r}; names are identifiers "
+                    "other than 'length' (length has its own monitors, from lengths_B)"
+                )
+            features[name] = arrays[f"features[{name!r}]"] = as_vector(
+                values, f"stats['features'][{name!r}]"
+            )
         if len(arrays) > 1:
             same_length(**{f"stats[{k!r}]": v for k, v in arrays.items()})
         proxy = arrays.get("proxy_scores_B")
@@ -193,6 +219,8 @@ class HackingMonitor:
             self._kl_checks(iteration, kl, warn)
         if entropy is not None:
             self._entropy(entropy, warn)
+        for name, values in features.items():
+            self._feature(name, proxy, gold, values, warn)
 
         self.updates += 1
         self._last_iteration = int(iteration)
@@ -264,6 +292,40 @@ class HackingMonitor:
                     cfg.max_length_corr,
                 )
 
+    def _feature(self, name: str, proxy, gold, values: np.ndarray, warn) -> None:
+        cfg = self.config
+        means = self._feature_means.setdefault(name, [])
+        means.append(float(values.mean()))
+        if f"{name}_std" not in self._baseline:
+            std = float(np.std(values))
+            self._baseline[f"{name}_mean"] = means[0]
+            self._baseline[f"{name}_std"] = std if std > 0 else 1.0  # raw units if constant
+        start, std = self._baseline[f"{name}_mean"], self._baseline[f"{name}_std"]
+        now = float(np.mean(means[-cfg.window :]))
+        drift = (now - start) / std
+        self.latest[f"monitor/{name}_mean"] = means[-1]
+        self.latest[f"monitor/{name}_drift"] = drift
+        if abs(drift) > cfg.max_feature_drift:
+            warn(
+                f"{name}_drift",
+                f"mean {name} {now:.3g} (last {min(len(means), cfg.window)} updates) is "
+                f"{drift:+.2f} initial stds from {start:.3g} at the start",
+                drift,
+                cfg.max_feature_drift,
+            )
+        if gold is not None:
+            self.latest[f"monitor/gold_{name}_corr"] = self._corr(gold, values)
+        if proxy is not None:
+            r = self._corr(proxy, values)
+            self.latest[f"monitor/proxy_{name}_corr"] = r
+            if r > cfg.max_feature_corr:
+                warn(
+                    f"{name}_correlation",
+                    f"{cfg.correlation} corr(proxy, {name}) = {r:.3f} > {cfg.max_feature_corr}",
+                    r,
+                    cfg.max_feature_corr,
+                )
+
     def _kl_checks(self, iteration: int, kl: float, warn) -> None:
         cfg = self.config
         self.latest["monitor/kl"] = kl
@@ -305,7 +367,7 @@ class HackingMonitor:
     # -- resume ----------------------------------------------------------------------------
 
     _STATE = ("latest", "updates", "_baseline", "_firing", "_proxy_means", "_gold_means",
-              "_smoothed", "_kl", "_last_iteration")  # fmt: skip
+              "_smoothed", "_kl", "_last_iteration", "_feature_means")  # fmt: skip
 
     def state_dict(self) -> dict:
         """Everything ``update`` has accumulated, as plain JSON data (for a checkpoint), so a
@@ -318,7 +380,8 @@ class HackingMonitor:
     def load_state_dict(self, state: Mapping) -> None:
         """The inverse of `state_dict` (the thresholds stay this monitor's own)."""
         for key in self._STATE:
-            setattr(self, key, state[key])
+            # a state saved before features existed has none
+            setattr(self, key, state.get(key, {}) if key == "_feature_means" else state[key])
         self._firing = set(state["_firing"])
         self._smoothed = [tuple(x) for x in state["_smoothed"]]
         self._kl = [tuple(x) for x in state["_kl"]]
@@ -348,6 +411,10 @@ class HackingMonitor:
             "config": dataclasses.asdict(self.config),
             "baseline": dict(self._baseline),
             "firing": sorted(self._firing),
-            "monitors": {m: monitors[m] for m in MONITORS if m in monitors},
+            # the built-in monitors in their order, then the features' as they first fired
+            "monitors": {
+                **{m: monitors[m] for m in MONITORS if m in monitors},
+                **{m: v for m, v in monitors.items() if m not in MONITORS},
+            },
             "warnings": [dataclasses.asdict(w) for w in self.warnings],
         }

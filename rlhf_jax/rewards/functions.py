@@ -14,7 +14,8 @@ by a dotted path to a user's own function (``mypackage.rewards.correct`` or
 
 A function's options (a regex, a length budget) are keyword arguments, set per function in
 ``rewards.kwargs``. Built in: ``exact_match``, ``numeric_match``, ``format_match``,
-``repetition_penalty`` (text), ``length_penalty``, ``overlong_penalty`` (tokens).
+``repetition_penalty`` (text), ``length_penalty``, ``overlong_penalty`` (tokens); and, as
+features for the reward-hacking monitors, ``hedging``, ``agreement``, ``prompt_overlap`` (text).
 
 Letters: B batch, P prompt length, N response length.
 """
@@ -154,6 +155,54 @@ def repetition_penalty(*, prompts, completions, n: int = 3, **_) -> list[float]:
         words = c.split()
         grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
         out.append(-(1.0 - len(set(grams)) / len(grams)) if grams else 0.0)
+    return out
+
+
+# Features for the reward-hacking monitors (``monitor_features``): what a reward model may
+# learn to like beside what the task asks for. Usable as rewards too, but meant to be watched.
+HEDGES = ("i think", "perhaps", "maybe", "possibly", "it depends", "i'm not sure", "might be")
+AGREEMENT = ("you're right", "you are right", "i agree", "great question", "good point",
+             "absolutely", "exactly right")  # fmt: skip
+
+
+def _text(value) -> str:
+    """A prompt as text: a string, or chat messages' contents joined."""
+    if isinstance(value, str):
+        return value
+    return "\n".join(str(m.get("content", "")) for m in value)
+
+
+def _phrases(completions, phrases, fn: str) -> list[float]:
+    if isinstance(phrases, str) or not phrases:
+        raise ValueError(f"{fn}: phrases must be a non-empty list of strings; got {phrases!r}")
+    patterns = [re.compile(r"\b" + re.escape(p.lower()) + r"\b") for p in phrases]
+    return [float(sum(len(p.findall(c.lower())) for p in patterns)) for c in completions]
+
+
+@reward_function("hedging", "text")
+def hedging(*, prompts, completions, phrases=HEDGES, **_) -> list[float]:
+    """How many hedging phrases (``phrases``, whole words, any case) each completion holds."""
+    return _phrases(completions, phrases, "hedging")
+
+
+@reward_function("agreement", "text")
+def agreement(*, prompts, completions, phrases=AGREEMENT, **_) -> list[float]:
+    """How many agreeing-with-the-user phrases (sycophancy's words) each completion holds."""
+    return _phrases(completions, phrases, "agreement")
+
+
+@reward_function("prompt_overlap", "text")
+def prompt_overlap(*, prompts, completions, n: int = 3, **_) -> list[float]:
+    """Share of the completion's word n-grams that occur in its prompt (echoing the user);
+    0 for a completion of fewer than n words."""
+    if n < 1:
+        raise ValueError(f"prompt_overlap: n must be >= 1; got {n}")
+    out = []
+    for prompt, c in zip(prompts, completions, strict=True):
+        p, words = _text(prompt).lower().split(), c.lower().split()
+        seen = {tuple(p[i : i + n]) for i in range(len(p) - n + 1)}
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        out.append(sum(g in seen for g in grams) / len(grams) if grams else 0.0)
     return out
 
 

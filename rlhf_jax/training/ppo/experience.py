@@ -193,9 +193,12 @@ def score(
     statics: Statics,
     config: PPOConfig,
     gold_fn=None,
+    feature_fns=(),
 ):
     """Re-scores the episodes: log-probs, reference log-probs, values, rewards, advantages.
-    ``host_scores_B`` is the weighted sum of the text reward functions (None: there are none)."""
+    ``host_scores_B`` is the weighted sum of the text reward functions (None: there are none).
+    ``feature_fns`` ((name, token function) pairs) add the monitors' per-episode features to
+    ``features_B`` beside any the host computed; they never enter the score."""
     tokens, attn = sequence(episodes)
     response, mask = episodes["response_BxN"], episodes["response_mask_BxN"]
     n, t = response.shape[1], config.temperature
@@ -242,6 +245,13 @@ def score(
         out["gold_B"] = gold_fn(
             episodes["prompt_BxP"], episodes["prompt_mask_BxP"], response, mask
         ).astype(jnp.float32)
+    features = dict(episodes.get("features_B", {}))
+    for name, fn in feature_fns:
+        features[name] = fn(
+            episodes["prompt_BxP"], episodes["prompt_mask_BxP"], response, mask
+        ).astype(jnp.float32)
+    if features:
+        out["features_B"] = features
     return out
 
 
@@ -265,4 +275,6 @@ def episode_metrics(state: PPOState, episodes, *, config: PPOConfig) -> dict:
     }
     if "gold_B" in episodes:
         out["objective/gold"] = jnp.mean(episodes["gold_B"])
+    for name, values in episodes.get("features_B", {}).items():
+        out[f"features/{name}/mean"] = jnp.mean(values)
     return out

@@ -14,7 +14,7 @@ from rlhf_jax.training.ppo import experience
 from rlhf_jax.training.ppo.config import PPOConfig, Statics
 from rlhf_jax.training.ppo.update import update
 
-PER_EPISODE = ("scores_B", "raw_scores_B", "lengths_B", "has_eos_B", "gold_B")
+PER_EPISODE = ("scores_B", "raw_scores_B", "lengths_B", "has_eos_B", "gold_B", "features_B")
 
 
 def build_iteration(
@@ -24,6 +24,7 @@ def build_iteration(
     *,
     iterations: int,
     gold_fn: Callable | None = None,
+    feature_fns: tuple[tuple[str, Callable], ...] = (),
 ) -> dict[str, Callable]:
     """The jitted pieces of an iteration: "rollout", "score", "update" and "fused".
 
@@ -34,7 +35,9 @@ def build_iteration(
     fused(state, prompt_BxP, prompt_mask_BxP) -> (state, metrics, per-episode, responses)
     """
     r = functools.partial(experience.rollout, statics=statics, config=config)
-    s = functools.partial(experience.score, statics=statics, config=config, gold_fn=gold_fn)
+    s = functools.partial(
+        experience.score, statics=statics, config=config, gold_fn=gold_fn, feature_fns=feature_fns
+    )
     u = functools.partial(update, statics=statics, config=config, iterations=iterations)
 
     def stats(state, episodes):

@@ -39,6 +39,7 @@ from rlhf_jax.training.ppo.prompts import PromptSampler, encode_prompt_file
 from rlhf_jax.training.ppo.setup import (
     fit_reward_normalisation,
     init_ppo_state,
+    monitor_features,
     reward_sources,
 )
 
@@ -66,6 +67,9 @@ class PPORunConfig:
     console: bool = True  # progress bar
     tensorboard: bool = True  # TensorBoard events
     wandb_project: str | None = None  # also log to this Weights & Biases project (None: off)
+    # Features of the responses the monitors correlate with the reward and watch drift
+    # (reward functions by name or dotted path, options in rewards.kwargs; never in the score)
+    monitor_features: tuple[str, ...] = ()
 
 
 def _iteration_fn(fns, sampler: PromptSampler, host_rewards, mesh, config: PPORunConfig):
@@ -85,7 +89,9 @@ def _iteration_fn(fns, sampler: PromptSampler, host_rewards, mesh, config: PPORu
             episodes = fns["rollout"](state, batch["t"], batch["m"], jnp.int32(round_index))
         episodes = jax.block_until_ready(episodes)
         t_rollout = time.perf_counter()
-        host_scores, host_metrics = host_rewards(episodes, indices)
+        host_scores, host_metrics, host_features = host_rewards(episodes, indices)
+        if host_features:
+            episodes = dict(episodes, features_B=host_features)
         episodes, ep_metrics, per_episode = fns["score"](state, episodes, host_scores)
         return episodes, ep_metrics, per_episode, host_metrics, t_rollout
 
@@ -152,6 +158,7 @@ def run_ppo(
     monitor=None,
     stop_after: int | None = None,
     reward_functions: tuple[rewards.WeightedFunction, ...] = (),
+    features: tuple[rewards.RewardFunction, ...] = (),
 ) -> dict[str, Any]:
     """Runs (or resumes) PPO; returns the per-iteration history and the final state.
 
@@ -159,8 +166,10 @@ def run_ppo(
     adds ``objective/gold`` where a gold reward exists; ``monitor`` (an
     ``rlhf_jax.evaluation.HackingMonitor``) sees every iteration's per-episode statistics;
     ``reward_functions`` are reward functions given as objects (e.g. a task's verifiable
-    reward) beside the configured ones. The history (every iteration's metrics, also in
-    ``<run_dir>/history.jsonl``) and the monitor's state survive an interruption: a resumed
+    reward) beside the configured ones; ``features`` are monitor features given as objects
+    beside ``config.monitor_features`` (their per-episode values go to ``monitor`` and their
+    means to the history as ``features/<name>/mean``). The history (every iteration's metrics,
+    also in ``<run_dir>/history.jsonl``) and the monitor's state survive an interruption: a resumed
     run's equal an uninterrupted one's.
     """
     mesh = sharding_lib.make_mesh(config.mesh)
@@ -168,6 +177,7 @@ def run_ppo(
         config, mesh, reward_functions=reward_functions
     )
     functions = reward_sources(config, reward_functions)
+    feature_functions = monitor_features(config, features)
     prompts = encode_prompt_file(
         tokenizer,
         config.prompts,
@@ -182,9 +192,16 @@ def run_ppo(
         seed=config.seed,
         repeat=config.ppo.samples_per_prompt,
     )
-    host_rewards = sampling.HostRewards(functions, tokenizer, statics.eos_ids, prompts, mesh)
+    host_rewards = sampling.HostRewards(
+        functions, tokenizer, statics.eos_ids, prompts, mesh, features=feature_functions
+    )
     fns = build_iteration(
-        statics, config.ppo, shardings, iterations=config.iterations, gold_fn=gold_fn
+        statics,
+        config.ppo,
+        shardings,
+        iterations=config.iterations,
+        gold_fn=gold_fn,
+        feature_fns=tuple((f.name, f.fn) for f in feature_functions if f.kind == "tokens"),
     )
     fingerprint = {
         "phase": "ppo",
@@ -243,10 +260,11 @@ def run_ppo(
         def step(state):
             state, row, per_episode = iteration(state)
             if monitor is not None:
-                stats = {k: sampling.to_host(v) for k, v in per_episode.items()}
+                stats = jax.tree.map(sampling.to_host, per_episode)
                 monitor.update(row["iteration"], _monitor_stats(row, stats), log=False)
                 for warning in monitor.started:  # once when it starts; all are in the summary
                     run.print(f"warning: {warning}")
+                row.update(monitor.latest)  # the statistics the monitors watched, logged
             history.append(row)
             return state, row
 
@@ -321,4 +339,6 @@ def _monitor_stats(row: dict, per_episode: dict) -> dict:
     }
     if "gold_B" in per_episode:
         stats["gold_scores_B"] = per_episode["gold_B"]
+    if "features_B" in per_episode:
+        stats["features"] = per_episode["features_B"]
     return stats

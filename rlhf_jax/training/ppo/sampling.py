@@ -38,7 +38,9 @@ def this_hosts_rows(x) -> np.ndarray:
 
 
 class HostRewards:
-    """The text reward functions of one rollout: ``(host_scores_B or None, metrics)``."""
+    """The text reward functions of one rollout, and the text monitor features:
+    ``(host_scores_B or None, metrics, features)`` — ``features`` {name: (B,) on the mesh}, for
+    the score program to carry (empty without text features)."""
 
     def __init__(
         self,
@@ -47,14 +49,17 @@ class HostRewards:
         eos_ids: Sequence[int],
         prompts: EncodedPrompts,
         mesh,
+        features: Sequence[rewards.RewardFunction] = (),
     ):
         self.functions = [f for f in functions if f.function.kind == "text"]
+        # Weight 0: computed and checked like reward functions, never in the score.
+        self.features = [rewards.WeightedFunction(f, 0.0) for f in features if f.kind == "text"]
         self.tokenizer, self.eos_ids, self.prompts, self.mesh = tokenizer, eos_ids, prompts, mesh
 
     def __call__(self, episodes, indices: np.ndarray):
         """``indices``: this host's rows of the rollout, as indices into the encoded prompts."""
-        if not self.functions:
-            return None, {}
+        if not self.functions and not self.features:
+            return None, {}, {}
         texts, _ = models.decode_responses(
             self.tokenizer,
             this_hosts_rows(episodes["response_BxN"]),
@@ -63,6 +68,14 @@ class HostRewards:
         )
         rows = self.prompts.kept_N[indices]
         prompts, columns = self.prompts.rows.rows(rows)
+        features = {}
+        if self.features:
+            _, values = rewards.score_texts(self.features, prompts, texts, columns, rows=rows)
+            features = sharding_lib.shard_batch(
+                {k: v.astype(np.float32) for k, v in values.items()}, self.mesh
+            )
+        if not self.functions:
+            return None, {}, features
         total, parts = rewards.score_texts(self.functions, prompts, texts, columns, rows=rows)
         scores = sharding_lib.shard_batch({"s": total}, self.mesh)["s"]
         means = {}
@@ -71,7 +84,7 @@ class HostRewards:
                 values if jax.process_count() == 1 else multihost_utils.process_allgather(values)
             )
             means[f"rewards/{name}/mean"] = float(np.mean(every))
-        return scores, means
+        return scores, means, features
 
 
 def informative_groups(scores_B: np.ndarray, k: int) -> np.ndarray:

@@ -5,6 +5,7 @@ reward model's normalisation on SFT samples."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -50,6 +51,33 @@ def reward_sources(config, extra=()) -> tuple[rewards.WeightedFunction, ...]:
             f"functions {texts} run on the host between rollout and score"
         )
     return functions
+
+
+def monitor_features(config, extra=()) -> tuple[rewards.RewardFunction, ...]:
+    """The configured monitor features (``monitor_features``, resolved like reward functions,
+    options from ``rewards.kwargs``) and ``extra`` ones, checked: unique identifier names, not
+    "length" (it has its own monitors), no text ones in a fused iteration."""
+    kwargs = config.rewards.kwargs
+    found = (
+        *(rewards.resolve(name, kwargs.get(name)) for name in config.monitor_features),
+        *extra,
+    )
+    names = [f.name.rsplit(".", 1)[-1].rsplit(":", 1)[-1] for f in found]
+    for name, f in zip(names, found, strict=True):
+        if not name.isidentifier() or name == "length":
+            raise ValueError(
+                f"monitor feature {f.name!r}: its name {name!r} must be an identifier other "
+                "than 'length' (length has its own monitors)"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"monitor_features names a feature twice: {names}")
+    texts = [f.name for f in found if f.kind == "text"]
+    if texts and config.ppo.fuse_iteration:
+        raise ValueError(
+            f"ppo.fuse_iteration runs the iteration as one program, but the text monitor "
+            f"features {texts} run on the host between rollout and score"
+        )
+    return tuple(dataclasses.replace(f, name=n) for f, n in zip(found, names, strict=True))
 
 
 def _critic(config, policy, reward, mesh):
