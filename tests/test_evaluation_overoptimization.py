@@ -63,6 +63,15 @@ def test_the_peak_is_the_curves_maximum(form):
     assert rising.peak_d is None and rising.peak_reward is None
 
 
+def test_best_of_n_falling_from_the_start_peaks_at_zero():
+    # α ≤ 0 < β: the parabola's top is at d ≤ 0, so on d ≥ 0 the best is d = 0, no gain.
+    fit = fit_gao(D, gao_curve(D, alpha=-0.2, beta=0.3, form="bon"), form="bon")
+    assert fit.alpha == pytest.approx(-0.2, abs=1e-9)
+    assert (fit.peak_d, fit.peak_reward) == (0.0, 0.0)
+    grid = np.linspace(0.0, 10.0, 1001)
+    assert np.argmax(fit(grid)) == 0
+
+
 def test_bad_points_are_refused_by_name():
     with pytest.raises(ValueError, match="3 points but reward has 2"):
         fit_gao([1, 2, 3], [1, 2], form="bon")

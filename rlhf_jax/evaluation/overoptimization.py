@@ -11,7 +11,8 @@ Both are linear in (α, β), so the least-squares fit is exact linear algebra (n
 optimiser, no starting point): regress R on the columns [d, −d²] (best-of-n) or [d, −d log d]
 (RL; d log d → 0 at d = 0), with no intercept. The gold peak, where dR/dd = 0 for β > 0:
 
-    best-of-n:  d* = α / (2β),       R(d*) = α² / (4β)
+    best-of-n:  d* = α / (2β),       R(d*) = α² / (4β)      (d* = 0, R = 0 when α ≤ 0:
+                                                            gold only falls)
     RL:         d* = exp(α/β − 1),   R(d*) = β d*
 
 and no peak (the reward still rising) when β ≤ 0. Letters: P points.
@@ -69,6 +70,8 @@ def _peak(alpha: float, beta: float, form: str) -> tuple[float | None, float | N
     if not beta > 0:
         return None, None
     if form == "bon":
+        if alpha <= 0:  # the parabola's top lies at d ≤ 0: on d ≥ 0 gold only falls
+            return 0.0, 0.0
         return alpha / (2 * beta), alpha**2 / (4 * beta)
     d = math.exp(alpha / beta - 1)
     return d, beta * d
