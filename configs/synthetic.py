@@ -2,6 +2,14 @@
 
     python experiments/run_pipeline.py --config configs/synthetic.py
     python experiments/run_pipeline.py --config configs/synthetic.py:smoke   # seconds, for tests
+    python experiments/run_pipeline.py --config configs/synthetic.py:verbosity   # a failure mode
+
+Failure-mode scenarios (`rlhf_jax.synthetic.scenarios`): `clean`, `verbosity` (raters prefer
+longer answers), `sycophancy` (raters prefer answers that echo the prompt), `disagreement` (half
+the raters judge by another criterion), `noisy` (half the labels are coin flips); `smoke,<name>`
+shrinks one. A scenario takes pretrain and SFT from the default run's directory (run that
+first, or `python experiments/scenarios.py`, which runs all five and their table) and writes
+runs/scenarios/<name>; GRPO is off in them.
 
 pretrain → SFT → preferences (simulated raters) → reward model → PPO, and DPO on the same
 preferences, then an evaluation report judged by the task's gold reward. Rerunning the same
@@ -15,6 +23,8 @@ field on the command line, e.g. `--config.ppo.kl_coef=0.05 --config.dpo.loss_typ
 --config.train.ppo.iterations=300 --config.task.length_bias=0.3`.
 """
 
+import dataclasses
+
 from rlhf_jax.models import ModelConfig
 from rlhf_jax.synthetic import (
     EvalConfig,
@@ -25,6 +35,7 @@ from rlhf_jax.synthetic import (
     SyntheticTaskConfig,
     Training,
 )
+from rlhf_jax.synthetic.scenarios import SCENARIOS
 from rlhf_jax.training.config import config_dict
 from rlhf_jax.training.dpo import DPOLossConfig
 from rlhf_jax.training.optimizer import OptimizerConfig
@@ -50,9 +61,14 @@ def _stage(steps, batch_size, learning_rate, examples=0, eval_fraction=0.0):
 
 
 def get_config(arg=None):
-    smoke = arg == "smoke"
-    if arg not in (None, "", "smoke"):
-        raise ValueError(f"unknown variant {arg!r}; expected none or 'smoke'")
+    parts = [p for p in (arg or "").split(",") if p]
+    smoke = "smoke" in parts
+    scenarios = [p for p in parts if p != "smoke"]
+    if len(scenarios) > 1 or any(p not in SCENARIOS for p in scenarios):
+        raise ValueError(
+            f"unknown variant {arg!r}; expected none, 'smoke', a scenario ({', '.join(SCENARIOS)}) "
+            "or 'smoke,<scenario>'"
+        )
     # A small Llama-style LM, trained from scratch (vocab_size becomes the task's).
     model = ModelConfig(
         model_type="llama",
@@ -131,4 +147,20 @@ def get_config(arg=None):
             best_of_n=8 if smoke else 16,
         ),
     )
+    if scenarios:
+        config = _scenario(config, scenarios[0], smoke)
     return config_dict(config)
+
+
+def _scenario(config, name, smoke):
+    """The pipeline with the scenario's raters, on the default run's SFT policy."""
+    base = config.run_dir
+    return dataclasses.replace(
+        config,
+        run_dir=f"runs/scenarios{'_smoke' if smoke else ''}/{name}",
+        base_run_dir=base,
+        task=dataclasses.replace(config.task, **SCENARIOS[name].raters),
+        train=dataclasses.replace(
+            config.train, grpo=dataclasses.replace(config.train.grpo, iterations=0)
+        ),
+    )

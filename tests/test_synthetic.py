@@ -199,6 +199,54 @@ def test_token_gold_reward_equals_the_string_one(left_pad):
     assert (covered < -1).any() and (covered == -1).any() and ((covered > -1) & (covered < 1)).any()
 
 
+@pytest.mark.parametrize(
+    ("prompt", "response", "echo"),
+    [
+        ("copy 1 2 3 =", "1 2 3", 1.0),  # copying is echoing (and right)
+        ("reverse 1 2 3 =", "1 2 3", 1.0),  # echoing where it is wrong
+        ("sort 3 1 2 =", "1 2 3", 0.0),  # right, and no symbol where the prompt had it
+        ("copy 1 2 =", "1 2 2 2", 0.5),  # 2 of 4 words; the extra ones match nothing
+        ("copy 1 2 =", "", 0.0),
+        ("copy 1 2 =", "1 <eos> 2", 1.0),  # up to EOS only
+    ],
+)
+def test_echo_rate_closed_forms(prompt, response, echo):
+    assert TASK.echo_rate([prompt], [response])[0] == echo
+
+
+@pytest.mark.parametrize("left_pad", [True, False])
+def test_token_echo_rate_equals_the_string_one(left_pad):
+    tok = tokenizer()
+    echo_fn = jax.jit(TASK.echo_rate_tokens)
+    seen = []
+    for seed in range(4):
+        arrays, _ = random_token_batch(seed, left_pad=left_pad)
+        prompt_ids, prompt_mask, response_ids, response_mask = arrays
+        prompts = [
+            " ".join(tok.convert_ids_to_tokens(row[m].tolist())[1:])  # without BOS
+            for row, m in zip(prompt_ids, prompt_mask, strict=True)
+        ]
+        words = [
+            " ".join(tok.convert_ids_to_tokens(row[m].tolist()))
+            for row, m in zip(response_ids, response_mask, strict=True)
+        ]
+        # Random responses rarely echo: copy the prompt's symbols into some of them.
+        for i in range(0, len(prompts), 3):
+            x = [t for t in prompt_ids[i][prompt_mask[i]] if TASK.symbol_value_V[t] >= 0]
+            k = min(len(x), int(response_mask[i].sum()))
+            response_ids[i, np.flatnonzero(response_mask[i])[:k]] = x[:k]
+            words[i] = " ".join(
+                tok.convert_ids_to_tokens(response_ids[i][response_mask[i]].tolist())
+            )
+        expected = TASK.echo_rate(prompts, words)
+        got = np.asarray(echo_fn(prompt_ids, prompt_mask, response_ids, response_mask))
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        seen.append(expected)
+    seen = np.concatenate(seen)
+    assert (seen == 0).any() and (seen == 1).any() and ((seen > 0) & (seen < 1)).any()
+
+
 def test_token_gold_reward_of_ideal_responses_is_one():
     tok = tokenizer()
     prompts = TASK.prompts(32, split="eval")

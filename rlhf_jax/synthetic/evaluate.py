@@ -19,6 +19,7 @@ from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import evaluation as ev
 from rlhf_jax.inference import Scorer
 from rlhf_jax.placement import place_model
+from rlhf_jax.synthetic import scenarios
 from rlhf_jax.synthetic.task import SyntheticTask
 
 HISTORY_KEYS = ev.HistoryKeys(gold="objective/gold", length="response_length")
@@ -63,6 +64,21 @@ def _equal_kl(histories: dict) -> dict:
     }
 
 
+def _warnings_vs_peak(history, monitors) -> dict:
+    """When PPO's training gold peaked, and when each monitor first fired relative to it."""
+    if not history or monitors is None:
+        return {}
+    peak, value = scenarios.gold_peak(history)
+    out = {"PPO gold peak (10-iteration mean)": f"{value:.3f} at iteration {peak}"}
+    for name, m in monitors["monitors"].items():
+        lead = peak - m["first_iteration"]
+        side = f"{lead} before" if lead >= 0 else f"{-lead} after"
+        out[f"monitor {name} first fired"] = (
+            f"iteration {m['first_iteration']} ({side} the gold peak; {m['count']} times)"
+        )
+    return out
+
+
 def _repeat(x, m):
     return np.repeat(x, m, axis=0)
 
@@ -80,7 +96,7 @@ def evaluate(pipeline) -> dict:
     key = jax.random.key(c.seed + 202)
 
     sft_scorer = Scorer(
-        place_model(str(pipeline.path("sft", "artifact")), head="lm", mesh=pipeline.mesh),
+        place_model(str(pipeline.artifact("sft")), head="lm", mesh=pipeline.mesh),
         temperature=t,
         batch_size=256,
     )
@@ -91,6 +107,7 @@ def evaluate(pipeline) -> dict:
         pooling=ckpt_lib.read_artifact_meta(reward_dir).get("pooling") or "last",
     )
     gold_fn = jax.jit(task.gold_reward_tokens)
+    echo_fn = jax.jit(task.echo_rate_tokens)
 
     def judge(phase: str, p_tok, p_mask, n: int, temperature: float, salt: int):
         policy, sampler = pipeline.policy_sampler(phase, temperature=temperature)
@@ -107,7 +124,8 @@ def evaluate(pipeline) -> dict:
             )
             kl = (logp - sft_scorer.logprob(p, pm, r, rm)).reshape(-1, n)
         lengths = rm.sum(-1).reshape(-1, n)
-        return {"gold": gold, "proxy": proxy, "kl": kl, "length": lengths}
+        echo = np.asarray(echo_fn(p, pm, r, rm), np.float64).reshape(-1, n)
+        return {"gold": gold, "proxy": proxy, "kl": kl, "length": lengths, "echo": echo}
 
     results = {}
     for salt, phase in enumerate(("sft", "ppo", "dpo", "grpo")):
@@ -119,6 +137,7 @@ def evaluate(pipeline) -> dict:
             "proxy": float(r["proxy"].mean()),
             "kl": float(r["kl"].sum(axis=-1).mean() / m),
             "length": float(r["length"].mean()),
+            "echo": float(r["echo"].mean()),
         }
         for phase, r in results.items()
     }
@@ -181,6 +200,9 @@ def evaluate(pipeline) -> dict:
         "rater labels agreeing with gold": round(preferences["label_agreement_with_gold"], 3),
         **{f"gold reward, {k}": round(v["gold"], 4) for k, v in summary.items()},
         **{f"KL to SFT, {k}": round(v["kl"], 4) for k, v in summary.items()},
+        **{f"length (tokens with EOS), {k}": round(v["length"], 2) for k, v in summary.items()},
+        **{f"echo rate, {k}": round(v["echo"], 3) for k, v in summary.items()},
+        **_warnings_vs_peak(histories.get("ppo"), monitors),
         **{f"time: {k} (s)": round(v, 1) for k, v in timings.items()},
         **_equal_kl(histories),
     }

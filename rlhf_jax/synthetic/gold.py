@@ -37,6 +37,25 @@ def gold_reward(
     return out
 
 
+def _parse_tokens(task, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxR, response_mask_BxR):
+    """(prompt symbol values x_BxP (compacted, −1 after), their count len_B, instruction_B,
+    response symbol values z_BxR (compacted; −1 for non-symbols), response length before EOS
+    resp_len_B, has_eos_B)."""
+    r = response_ids_BxR.shape[1]
+    value_V, instruction_V = jnp.asarray(task.symbol_value_V), jnp.asarray(task.instruction_V)
+    x_BxP = jnp.where(prompt_mask_BxP, value_V[prompt_ids_BxP], -1)
+    x_BxP = _compact(x_BxP, x_BxP >= 0, fill=-1)  # symbols first, in order
+    len_B = jnp.sum(x_BxP >= 0, axis=-1)
+    instruction_B = jnp.max(jnp.where(prompt_mask_BxP, instruction_V[prompt_ids_BxP], -1), axis=-1)
+    response_BxR = _compact(response_ids_BxR, response_mask_BxR, fill=task.pad_id)
+    num_valid_B = jnp.sum(response_mask_BxR, axis=-1)
+    pos_R = jnp.arange(r)
+    is_eos_BxR = (response_BxR == task.eos_id) & (pos_R[None, :] < num_valid_B[:, None])
+    has_eos_B = jnp.any(is_eos_BxR, axis=-1)
+    resp_len_B = jnp.where(has_eos_B, jnp.argmax(is_eos_BxR, axis=-1), num_valid_B)
+    return x_BxP, len_B, instruction_B, value_V[response_BxR], resp_len_B, has_eos_B
+
+
 def gold_reward_tokens(task, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxR, response_mask_BxR):
     """r* from token ids, float32 (B,); jittable, and equal to `gold_reward` on the text.
 
@@ -46,12 +65,9 @@ def gold_reward_tokens(task, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxR, 
     """
     c = task.config
     p, r = prompt_ids_BxP.shape[1], response_ids_BxR.shape[1]
-    value_V, instruction_V = jnp.asarray(task.symbol_value_V), jnp.asarray(task.instruction_V)
-
-    x_BxP = jnp.where(prompt_mask_BxP, value_V[prompt_ids_BxP], -1)
-    x_BxP = _compact(x_BxP, x_BxP >= 0, fill=-1)  # symbols first, in order
-    len_B = jnp.sum(x_BxP >= 0, axis=-1)
-    instruction_B = jnp.max(jnp.where(prompt_mask_BxP, instruction_V[prompt_ids_BxP], -1), axis=-1)
+    x_BxP, len_B, instruction_B, z_BxR, resp_len_B, has_eos_B = _parse_tokens(
+        task, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxR, response_mask_BxR
+    )
     pos_P = jnp.arange(p)
     in_target_BxP = pos_P[None, :] < len_B[:, None]
     reverse_idx_BxP = jnp.clip(len_B[:, None] - 1 - pos_P[None, :], 0, p - 1)
@@ -65,14 +81,6 @@ def gold_reward_tokens(task, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxR, 
     )
     y_BxP = jnp.where(in_target_BxP, y_BxP, -1)
 
-    response_BxR = _compact(response_ids_BxR, response_mask_BxR, fill=task.pad_id)
-    num_valid_B = jnp.sum(response_mask_BxR, axis=-1)
-    pos_R = jnp.arange(r)
-    is_eos_BxR = (response_BxR == task.eos_id) & (pos_R[None, :] < num_valid_B[:, None])
-    has_eos_B = jnp.any(is_eos_BxR, axis=-1)
-    resp_len_B = jnp.where(has_eos_B, jnp.argmax(is_eos_BxR, axis=-1), num_valid_B)
-    z_BxR = value_V[response_BxR]
-
     k = min(p, r)  # positions that can be scored: i < min(L, M) <= min(P, R)
     y_BxK, z_BxK = y_BxP[:, :k], z_BxR[:, :k]
     scored_BxK = (jnp.arange(k)[None, :] < jnp.minimum(len_B, resp_len_B)[:, None]) & (z_BxK >= 0)
@@ -83,6 +91,28 @@ def gold_reward_tokens(task, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxR, 
     denom_B = jnp.maximum(jnp.maximum(len_B, resp_len_B), 1).astype(jnp.float32)
     penalty_B = jnp.where(has_eos_B, 0.0, c.no_eos_penalty)
     return 2.0 * credit_B / denom_B - 1.0 - penalty_B
+
+
+def echo_rate(task, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    """Share of each response's words (before EOS) that repeat the prompt's symbol at the same
+    position — parroting the prompt, what ``agreement_bias`` raters reward — float64 (B,);
+    0 for an empty response."""
+    stats = task.response_stats(prompts, responses)
+    return stats["prompt_matches"] / np.maximum(stats["length"], 1)
+
+
+def echo_rate_tokens(task, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxR, response_mask_BxR):
+    """`echo_rate` from token ids, float32 (B,); jittable (masks and padding as in
+    `gold_reward_tokens`)."""
+    p, r = prompt_ids_BxP.shape[1], response_ids_BxR.shape[1]
+    x_BxP, len_B, _, z_BxR, resp_len_B, _ = _parse_tokens(
+        task, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxR, response_mask_BxR
+    )
+    k = min(p, r)
+    x_BxK, z_BxK = x_BxP[:, :k], z_BxR[:, :k]
+    inside_BxK = jnp.arange(k)[None, :] < jnp.minimum(len_B, resp_len_B)[:, None]
+    matches_B = jnp.sum(inside_BxK & (z_BxK >= 0) & (z_BxK == x_BxK), axis=-1)
+    return (matches_B / jnp.maximum(resp_len_B, 1)).astype(jnp.float32)
 
 
 def _compact(values_BxN, keep_BxN, *, fill):

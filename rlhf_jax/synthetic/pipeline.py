@@ -41,6 +41,10 @@ from rlhf_jax.training.optimizer import OptimizerConfig
 from rlhf_jax.training.phase import Phase, run_phase
 
 PHASES = ("pretrain", "sft", "preferences", "reward", "ppo", "grpo", "dpo", "evaluate")
+# What ``base_run_dir`` supplies: the phases the raters' settings never reach.
+BASE_PHASES = ("pretrain", "sft")
+RATER_FIELDS = ("rater_temperature", "disagreement", "random_label_rate", "length_bias",
+                "agreement_bias")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -98,6 +102,10 @@ class PipelineConfig:
     reward); ``train`` holds the schedules."""
 
     run_dir: str  # everything the run writes
+    # Take pretrain and SFT from this run's directory instead of training them (it must have
+    # run them with the same model, schedules, seed and task but for the raters' settings):
+    # runs that differ only in their raters (the failure-mode scenarios) share one SFT policy
+    base_run_dir: str | None = None
     task: task_lib.SyntheticTaskConfig = dataclasses.field(
         default_factory=task_lib.SyntheticTaskConfig
     )
@@ -133,6 +141,10 @@ class Pipeline:
         if not (self.tokenizer_dir / "tokenizer.json").exists():
             self.task.write_tokenizer(self.tokenizer_dir)
         self.tokenizer = models.load_tokenizer(self.tokenizer_dir)
+        (self.root / "pipeline.json").write_text(
+            json.dumps(jsonable(dataclasses.asdict(config)), indent=2)
+        )
+        self.base = None if config.base_run_dir is None else self._check_base(config.base_run_dir)
         self.timings: dict[str, float] = {}
         self.mesh = sharding_lib.make_mesh(config.mesh)
         # The vocabulary is the task's exactly (the gold reward knows no other token), and the
@@ -149,10 +161,54 @@ class Pipeline:
     def path(self, *parts) -> pathlib.Path:
         return self.root.joinpath(*parts)
 
+    def artifact(self, phase: str) -> pathlib.Path:
+        """Where ``phase``'s artifact is: this run's, or the base run's for pretrain and SFT."""
+        if self.base is not None and phase in BASE_PHASES:
+            return self.base / phase / "artifact"
+        return self.path(phase, "artifact")
+
     def done(self, phase: str) -> bool:
         if phase in ("preferences", "evaluate"):
             return self.path(phase, "DONE").exists()
+        if self.base is not None and phase in BASE_PHASES:
+            if not ckpt_lib.artifact_exists(self.artifact(phase)):
+                raise ValueError(
+                    f"base_run_dir={self.config.base_run_dir!r} has no finished {phase} phase "
+                    f"({self.artifact(phase)}); run that pipeline first (its own config, "
+                    f"--config.run_dir={self.config.base_run_dir})"
+                )
+            return True
         return ckpt_lib.artifact_exists(self.path(phase, "artifact"))
+
+    def _check_base(self, base_run_dir: str) -> pathlib.Path:
+        """The base run's directory, after checking that its pretrain and SFT are the ones this
+        config would train (the fields that reach them are equal)."""
+        base = pathlib.Path(base_run_dir).absolute()
+        if base == self.root:
+            raise ValueError(f"base_run_dir is this run's own directory ({base})")
+        saved_path = base / "pipeline.json"
+        if not saved_path.exists():
+            raise ValueError(
+                f"base_run_dir={base_run_dir!r} holds no pipeline.json: not a pipeline run "
+                "directory (or one written before runs recorded their config)"
+            )
+        saved = json.loads(saved_path.read_text())
+        now = json.loads(json.dumps(jsonable(dataclasses.asdict(self.config))))
+        fields = {
+            "model": lambda c: c["model"],
+            "bucket_lengths": lambda c: c["bucket_lengths"],
+            "train.pretrain": lambda c: c["train"]["pretrain"],
+            "train.sft": lambda c: c["train"]["sft"],
+            "seed": lambda c: c["seed"],
+            "task": lambda c: {k: v for k, v in c["task"].items() if k not in RATER_FIELDS},
+        }
+        differ = [name for name, get in fields.items() if get(saved) != get(now)]
+        if differ:
+            raise ValueError(
+                f"base_run_dir={base_run_dir!r} was run with other {', '.join(differ)} than this "
+                "config: its pretrain and SFT are not the ones this run would train"
+            )
+        return base
 
     def enabled(self, phase: str) -> bool:
         """GRPO is optional (``train.grpo.iterations=0`` leaves it out); every other phase runs."""
@@ -162,7 +218,7 @@ class Pipeline:
         if artifact_phase is None:
             return ModelSource(init=self.model_config, tokenizer=str(self.tokenizer_dir))
         return ModelSource(
-            artifact=str(self.path(artifact_phase, "artifact")), tokenizer=str(self.tokenizer_dir)
+            artifact=str(self.artifact(artifact_phase)), tokenizer=str(self.tokenizer_dir)
         )
 
     def _write_rows(self, name: str, rows) -> str:
@@ -170,9 +226,10 @@ class Pipeline:
         path.parent.mkdir(parents=True, exist_ok=True)
         return task_lib.write_jsonl(path, rows)
 
-    def _run_phase(self, phase: Phase, name: str, stage: Stage, *, model, data_path, **extra):
-        """Runs ``phase`` with the schedule ``stage``; ``extra`` holds the phase's own config
-        section (``reward=``, ``dpo=``) and any data settings (``bucket_lengths=``)."""
+    def run_stage(self, phase: Phase, name: str, stage: Stage, *, model, data_path, **extra):
+        """Runs ``phase`` with the schedule ``stage`` in ``<run_dir>/<name>`` (or at ``name``
+        if absolute); ``extra`` holds the phase's own config section (``reward=``, ``dpo=``)
+        and any data settings (``bucket_lengths=``)."""
         c = self.config
         buckets = extra.pop("bucket_lengths", c.bucket_lengths)
         config = phase.config_type(
@@ -206,7 +263,7 @@ class Pipeline:
 
     def policy_sampler(self, phase: str, *, temperature: float, batch_size: int = 256):
         """(the policy ``phase`` trained, a `Sampler` of it at ``temperature``)."""
-        policy = place_model(str(self.path(phase, "artifact")), head="lm", mesh=self.mesh)
+        policy = place_model(str(self.artifact(phase)), head="lm", mesh=self.mesh)
         sampling = SamplingConfig(
             max_new_tokens=self.config.ppo.response_length,
             temperature=temperature,
@@ -223,7 +280,7 @@ class Pipeline:
         # Pretraining texts hold several examples: one bucket fits the longest of them.
         longest = self.task.max_pretraining_tokens
         buckets = tuple(sorted({*(b for b in c.bucket_lengths if b < longest), longest}))
-        return self._run_phase(
+        return self.run_stage(
             sft_lib.PHASE,
             "pretrain",
             c.train.pretrain,
@@ -236,7 +293,7 @@ class Pipeline:
         c = self.config
         rows = self.task.demonstrations(c.train.sft.examples)
         path = self._write_rows("demonstrations.jsonl", rows)
-        return self._run_phase(
+        return self.run_stage(
             sft_lib.PHASE, "sft", c.train.sft, model=self._source("pretrain"), data_path=path
         )
 
@@ -285,7 +342,7 @@ class Pipeline:
 
     def _on_preferences(self, phase: Phase, **section):
         """The reward or DPO phase: the SFT policy trained on the labelled pairs."""
-        return self._run_phase(
+        return self.run_stage(
             phase,
             phase.name,
             getattr(self.config.train, phase.name),
@@ -300,8 +357,11 @@ class Pipeline:
     def dpo(self):
         return self._on_preferences(dpo_lib.PHASE, dpo=self.config.dpo)
 
-    def _rl(self, name: str, stage: PPOStage, ppo, *, reward, reward_functions=(), stop_after=None):
-        """An RL phase (PPO or GRPO) from the SFT policy, with the hacking monitors."""
+    def run_rl(
+        self, name: str, stage: PPOStage, ppo, *, reward, reward_functions=(), stop_after=None
+    ):
+        """An RL phase (PPO or GRPO) from the SFT policy, with the hacking monitors, in
+        ``<run_dir>/<name>`` (or at ``name`` if absolute)."""
         c = self.config
         prompts = self.task.prompts(stage.prompts, split="train")
         path = self._write_rows(f"{name}_prompts.jsonl", [{"prompt": p} for p in prompts])
@@ -327,6 +387,7 @@ class Pipeline:
             monitor=monitor,
             stop_after=stop_after,
             reward_functions=reward_functions,
+            features=(rewards.RewardFunction("echo", "tokens", self.task.echo_rate_tokens),),
         )
         # The runner keeps <name>/history.jsonl; the monitor's state travels in its checkpoints.
         summary = json.dumps(jsonable(monitor.summary()), indent=2)
@@ -336,7 +397,7 @@ class Pipeline:
     def ppo(self, *, stop_after: int | None = None):
         """PPO against the reward model (the proxy)."""
         c = self.config
-        return self._rl(
+        return self.run_rl(
             "ppo", c.train.ppo, c.ppo, reward=self._source("reward"), stop_after=stop_after
         )
 
@@ -345,7 +406,7 @@ class Pipeline:
         to game; what RL reaches when the reward is right."""
         c = self.config
         gold = rewards.RewardFunction("gold", "tokens", self.task.gold_reward_tokens)
-        return self._rl(
+        return self.run_rl(
             "grpo",
             c.train.grpo,
             c.grpo,

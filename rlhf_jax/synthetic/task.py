@@ -321,6 +321,19 @@ class SyntheticTask:
             self, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxR, response_mask_BxR
         )
 
+    def echo_rate(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """Share of each response's words repeating the prompt's symbol at the same position,
+        float64 (B,) (`gold.echo_rate`): the feature ``agreement_bias`` raters reward."""
+        return gold.echo_rate(self, prompts, responses)
+
+    def echo_rate_tokens(
+        self, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxR, response_mask_BxR
+    ):
+        """`echo_rate` from token ids, float32 (B,); jittable (`gold.echo_rate_tokens`)."""
+        return gold.echo_rate_tokens(
+            self, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxR, response_mask_BxR
+        )
+
     # ---- response statistics and raters -------------------------------------------------------
 
     def response_stats(self, prompts: Sequence[str], responses: Sequence[str]) -> dict:
