@@ -35,3 +35,16 @@ def test_an_rl_run_gets_its_rl_report_and_an_empty_run_says_so(tmp_path):
     assert "## ppo (ppo)" in md and "[ppo/report.md](ppo/report.md)" in md
     assert "Nothing logged yet" in md
     assert "raw score" in (tmp_path / "report" / "ppo" / "report.md").read_text()
+
+
+def test_an_rl_runs_monitors_reach_its_report(tmp_path):
+    from rlhf_jax.evaluation import HackingMonitor
+
+    rl = tmp_path / "ppo"
+    _write(rl / "history.jsonl", [{"iteration": 1, "objective/kl": 0.1}])
+    monitor = HackingMonitor()
+    monitor.update(1, {"proxy_scores_B": [1.0, 2.0, 3.0], "features": {"echo": [0.1, 0.5, 0.9]}})
+    (rl / "monitors.json").write_text(json.dumps(monitor.summary()))
+    write_run_report([rl], tmp_path / "report")
+    sub = (tmp_path / "report" / "ppo" / "report.md").read_text()
+    assert "echo_correlation" in sub and "The monitors did not run." not in sub

@@ -208,6 +208,10 @@ def test_monitor_features_reach_the_monitor_and_never_the_score(artifacts, tmp_p
         assert a["objective/scores"] == b["objective/scores"]
         assert a["loss/policy"] == b["loss/policy"]
     assert len(seen) == 2 and set(seen[0]) == {"word_count", "short"}
+    # a run given no monitor still runs the gold-free ones, and says what they saw
+    summary = json.loads((tmp_path / "plain" / "monitors.json").read_text())
+    assert summary["updates"] == 2 and "length_mean" in summary["baseline"]
+    assert "monitor/length_drift" in plain["history"][0]
     for row, features in zip(result["history"], seen, strict=True):
         assert features["word_count"].shape == (8,)
         np.testing.assert_allclose(row["features/short/mean"], -row["response_length"] / 6, 1e-6)

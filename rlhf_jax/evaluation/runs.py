@@ -118,7 +118,11 @@ def write_run_report(run_dirs: Sequence[str | pathlib.Path], out_dir) -> pathlib
         md += markdown_table(["metric", "first", "last", "logged"],
                      [[k, v[0], v[-1], len(v)] for k, v in last.items() if len(v)])  # fmt: skip
         if history:
-            sub = write_report(out / name, runs={name: history}, title=f"{name}: RL report")
+            monitors_path = run_dir / "monitors.json"
+            monitors = json.loads(monitors_path.read_text()) if monitors_path.exists() else None
+            sub = write_report(
+                out / name, runs={name: history}, monitors=monitors, title=f"{name}: RL report"
+            )
             md += [f"RL report (reward vs KL, proxy and gold, length): [{name}/report.md]"
                    f"({name}/{sub.markdown.name})", ""]  # fmt: skip
     path = out / "report.md"

@@ -379,20 +379,17 @@ class Pipeline:
             log_every=max(stage.iterations // 20, 1),
             seed=c.seed,
             console=c.console,
+            monitor=c.monitor,
         )
-        monitor = ev.HackingMonitor(c.monitor)
-        result = ppo_lib.run_ppo(
+        # The runner keeps <name>/history.jsonl and monitors.json; the monitors' state travels
+        # in its checkpoints.
+        return ppo_lib.run_ppo(
             run,
             gold_fn=self.task.gold_reward_tokens,
-            monitor=monitor,
             stop_after=stop_after,
             reward_functions=reward_functions,
             features=(rewards.RewardFunction("echo", "tokens", self.task.echo_rate_tokens),),
         )
-        # The runner keeps <name>/history.jsonl; the monitor's state travels in its checkpoints.
-        summary = json.dumps(jsonable(monitor.summary()), indent=2)
-        self.path(name, "monitors.json").write_text(summary)
-        return result
 
     def ppo(self, *, stop_after: int | None = None):
         """PPO against the reward model (the proxy)."""

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import provenance, rewards
 from rlhf_jax import sharding as sharding_lib
-from rlhf_jax.logging import to_floats
+from rlhf_jax.evaluation.monitors import HackingMonitor, MonitorConfig
+from rlhf_jax.logging import jsonable, to_floats
 from rlhf_jax.placement import ModelSource
 from rlhf_jax.training.loop import Run
 from rlhf_jax.training.optimizer import make_schedule
@@ -70,6 +71,9 @@ class PPORunConfig:
     # Features of the responses the monitors correlate with the reward and watch drift
     # (reward functions by name or dotted path, options in rewards.kwargs; never in the score)
     monitor_features: tuple[str, ...] = ()
+    # Thresholds of the reward-hacking monitors, which watch every iteration (warnings on the
+    # console; statistics logged as monitor/...; a summary in <run_dir>/monitors.json)
+    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
 
 
 def _iteration_fn(fns, sampler: PromptSampler, host_rewards, mesh, config: PPORunConfig):
@@ -164,7 +168,9 @@ def run_ppo(
 
     ``gold_fn(prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN) -> gold_B`` (jittable)
     adds ``objective/gold`` where a gold reward exists; ``monitor`` (an
-    ``rlhf_jax.evaluation.HackingMonitor``) sees every iteration's per-episode statistics;
+    ``rlhf_jax.evaluation.HackingMonitor``; default: one with ``config.monitor``'s thresholds)
+    sees every iteration's per-episode statistics, and its summary is written to
+    ``<run_dir>/monitors.json``;
     ``reward_functions`` are reward functions given as objects (e.g. a task's verifiable
     reward) beside the configured ones; ``features`` are monitor features given as objects
     beside ``config.monitor_features`` (their per-episode values go to ``monitor`` and their
@@ -178,6 +184,8 @@ def run_ppo(
     )
     functions = reward_sources(config, reward_functions)
     feature_functions = monitor_features(config, features)
+    if monitor is None:
+        monitor = HackingMonitor(config.monitor)
     prompts = encode_prompt_file(
         tokenizer,
         config.prompts,
@@ -244,7 +252,7 @@ def run_ppo(
 
         def restore_data(saved):
             sampler.restore(saved["prompts"])
-            if monitor is not None and saved.get("monitor") is not None:
+            if saved.get("monitor") is not None:
                 monitor.load_state_dict(saved["monitor"])
 
         state, resumed = run.resume(state, shardings, restore_data)
@@ -259,19 +267,18 @@ def run_ppo(
 
         def step(state):
             state, row, per_episode = iteration(state)
-            if monitor is not None:
-                stats = jax.tree.map(sampling.to_host, per_episode)
-                monitor.update(row["iteration"], _monitor_stats(row, stats), log=False)
-                for warning in monitor.started:  # once when it starts; all are in the summary
-                    run.print(f"warning: {warning}")
-                row.update(monitor.latest)  # the statistics the monitors watched, logged
+            stats = jax.tree.map(sampling.to_host, per_episode)
+            monitor.update(row["iteration"], _monitor_stats(row, stats), log=False)
+            for warning in monitor.started:  # once when it starts; all are in the summary
+                run.print(f"warning: {warning}")
+            row.update(monitor.latest)  # the statistics the monitors watched, logged
             history.append(row)
             return state, row
 
         def data_state():
             return {
                 "prompts": sampler.state(),
-                "monitor": None if monitor is None else monitor.state_dict(),
+                "monitor": monitor.state_dict(),
             }
 
         state, status = run.loop(
@@ -294,6 +301,9 @@ def run_ppo(
             run.save_artifact(
                 state.policy, {**meta, "iterations": iterations_done}, tokenizer=tokenizer
             )
+        if jax.process_index() == 0:
+            summary = json.dumps(jsonable(monitor.summary()), indent=2)
+            (run.dir / "monitors.json").write_text(summary)
     return {
         "status": status,
         "iteration": iterations_done,
@@ -304,6 +314,7 @@ def run_ppo(
         "reward_norm": norm_info,
         "fns": fns,
         "prompts": prompts,
+        "monitor": monitor,
     }
 
 
