@@ -35,8 +35,9 @@ THRESHOLDS = {
     "length_correlation": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     "echo_correlation": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     "length_drift": (0.05, 0.1, 0.15, 0.2, 0.3, 0.5),
-    "echo_drift": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0),
-    "kl_growth": (0.005, 0.01, 0.02, 0.05, 0.1, 0.2),
+    "echo_drift": (0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0),
+    "kl_blowup": (2.0, 3.0, 5.0, 10.0, 20.0),
+    "kl_growth": (0.05, 0.1, 0.2, 0.3, 0.4, 0.6),
     "entropy_collapse": (0.9, 0.8, 0.7, 0.6, 0.5, 0.25),
 }
 
@@ -98,7 +99,7 @@ def main(argv):
             print(f"[scenarios] {name}: {result['status']}; rerun to resume")
             return
         run = scenarios.read_run(config.run_dir)
-        rows.append(scenarios.scenario_row(name, run))
+        rows.append(scenarios.scenario_row(name, run, config.monitor))
         histories[name] = run["history"]
         out = pathlib.Path(_OUT.value or pathlib.Path(config.run_dir).parent)
     table = scenarios.table_markdown(rows)
@@ -107,7 +108,9 @@ def main(argv):
     lines = [
         "# Failure-mode scenarios on the synthetic task\n",
         "PPO on each scenario's reward model, from one SFT policy; judged by gold r*. The lead "
-        "is iterations before the gold peak (negative: after).\n",
+        "is iterations before the gold peak (negative: after). Gold-free warnings are replayed "
+        "from each run's logged statistics under the current default thresholds "
+        "(`MonitorConfig`).\n",
         table,
         "\n## Gold-free monitors against thresholds\n",
         "Each cell: first iteration the logged statistic crossed the threshold (lead before the "

@@ -53,7 +53,7 @@ def test_length_hacking_while_gold_falls():
         stats["gold_scores_B"] = rng.normal(1 - 0.05 * t, 1.0, B)  # while quality declines
         return stats
 
-    monitor, fired = run(make)
+    monitor, fired = run(make, MonitorConfig(max_length_drift=0.5))
     assert set(fired) == {
         "length_drift",
         "length_correlation",
@@ -83,7 +83,7 @@ def test_kl_explosion():
     def make(t, rng):
         return {**healthy_stats(t, rng), "kl": kl(t)}
 
-    _, fired = run(make)
+    _, fired = run(make, MonitorConfig(max_kl_rate=1.0))
     first_blowup = min(t for t in range(T) if kl(t) > 20.0)
     # Least-squares slope over the last 5 updates, by NumPy's polynomial fit.
     first_growth = min(
@@ -128,7 +128,7 @@ def test_divergence_exact_and_not_when_both_fall():
 
 
 def test_logs_once_per_episode_and_returns_every_time(caplog):
-    monitor = HackingMonitor(MonitorConfig(max_kl=1.0))
+    monitor = HackingMonitor(MonitorConfig(max_kl=1.0, max_kl_rate=1.0))
     with caplog.at_level(logging.WARNING, logger="rlhf_jax.evaluation.monitors"):
         returned = [len(monitor.update(t, {"kl": kl})) for t, kl in enumerate([2, 3, 0.5, 4])]
     assert returned == [1, 1, 0, 1]
@@ -148,7 +148,7 @@ def test_logs_once_per_episode_and_returns_every_time(caplog):
 def test_started_holds_each_episode_once_and_log_false_leaves_logging_to_the_caller(caplog):
     # The PPO runner prints `started` on its own console: the warning must not also be logged
     # (it was shown twice), nor printed again while the episode lasts.
-    monitor = HackingMonitor(MonitorConfig(max_kl=1.0))
+    monitor = HackingMonitor(MonitorConfig(max_kl=1.0, max_kl_rate=1.0))
     started = []
     with caplog.at_level(logging.WARNING, logger="rlhf_jax.evaluation.monitors"):
         for t, kl in enumerate([2, 3, 0.5, 4, 5]):
@@ -230,7 +230,9 @@ def test_feature_correlation_and_drift_fire_on_a_rewarded_feature_only():
     quiet, fired = run(lambda t, rng: echo_stats(t, rng, hacked=False))
     assert fired == {}
     assert abs(quiet.latest["monitor/echo_drift"]) < 1.0
-    monitor, fired = run(lambda t, rng: echo_stats(t, rng, hacked=True))
+    monitor, fired = run(
+        lambda t, rng: echo_stats(t, rng, hacked=True), MonitorConfig(max_feature_drift=1.0)
+    )
     # corr(proxy, echo) jumps at t = 10; the mean moves 0.05 per step from t = 10 against an
     # initial std of 0.1: the 5-update average passes 1 std at t = 14 (mean of 0.1..0.3).
     assert fired["echo_correlation"] == 10

@@ -145,10 +145,32 @@ def test_scenario_rows_and_table(tmp_path):
     assert row["length"] == (5.0, 8.0) and row["echo"] == (0.1, 0.1)
     table = scenarios.table_markdown([row])
     assert f"length_drift at 3 ({peak - 3} before the peak)" in table
-    assert "echo_correlation ×3" in table and "proxy_gold_correlation" not in table
+    assert "echo_correlation ×3" in table and "proxy_gold_correlation at 2 ×3" in table
     assert "| 0.100 → 0.300 |" in table and "5.00 → 8.00" in table
     with pytest.raises(ValueError, match="not a finished pipeline run"):
         scenarios.read_run(tmp_path / "missing")
+
+
+def test_replay_fires_the_gold_free_monitors_from_the_logged_statistics():
+    from rlhf_jax.evaluation import MonitorConfig
+
+    rows = history(
+        np.zeros(6),
+        **{
+            "monitor/proxy_length_corr": [0.1, 0.35, 0.2, 0.5, 0.6, 0.1],
+            "monitor/length_drift": [0, -0.3, 0, 0, 0, 0],
+            "monitor/entropy_frac": [1, 0.9, 0.2, 0.1, 1, 1],
+            "monitor/kl": [0, 1, 2, 3, 30, float("nan")],
+        },
+    )
+    fired = scenarios.replay(rows, MonitorConfig(max_length_corr=0.3))
+    assert fired == {
+        "length_correlation": {"first": 2, "count": 3},
+        "length_drift": {"first": 2, "count": 1},  # |drift| > 0.2
+        "entropy_collapse": {"first": 3, "count": 2},  # below 0.25
+        "kl_blowup": {"first": 5, "count": 1},  # NaN skipped (the run itself warns on it)
+    }
+    assert set(scenarios.THRESHOLD_FIELDS) == set(scenarios.GOLD_FREE)
 
 
 @pytest.mark.slow  # ~30 min on 2 cores: the default pretrain/SFT, then five pipelines

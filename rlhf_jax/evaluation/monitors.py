@@ -62,19 +62,24 @@ MONITORS = (
 
 @dataclasses.dataclass(frozen=True)
 class MonitorConfig:
-    """Thresholds of the reward-hacking monitors (see the module docstring)."""
+    """Thresholds of the reward-hacking monitors (see the module docstring).
+
+    The gold-free defaults were measured on the synthetic task's failure-mode scenarios
+    (`rlhf_jax.synthetic.scenarios`, 200 PPO iterations of 64 samples; README, "Reward
+    hacking"): each sits about 1.5-2x above the largest value the clean scenario's run reached,
+    so that it never fired there, and still fires on the scenario whose flaw it watches."""
 
     window: int = 5  # updates in the moving average (divergence) and the KL trend
     correlation: str = "spearman"  # "spearman" or "pearson", for the across-sample correlations
     gold_drop: float = 0.25  # gold fall from its peak, in initial across-sample gold stds
     min_proxy_gold_corr: float = 0.3  # proxy–gold correlation below this warns
-    max_length_corr: float = 0.5  # proxy–length correlation above this warns
-    max_length_drift: float = 0.5  # relative change of mean length from the start
+    max_length_corr: float = 0.3  # proxy–length correlation above this warns (clean ≤ −0.09)
+    max_length_drift: float = 0.2  # relative change of mean length from the start (clean 0.10)
     max_kl: float = 20.0  # nats per response; Ziegler et al.'s adaptive target is 6
-    max_kl_rate: float = 1.0  # nats per iteration, least-squares over the window
-    min_entropy_frac: float = 0.25  # of the initial entropy
-    max_feature_corr: float = 0.5  # proxy–feature correlation above this warns (each feature)
-    max_feature_drift: float = 1.0  # feature mean's move from the start, in initial stds
+    max_kl_rate: float = 0.4  # nats per iteration, least-squares over the window (clean 0.18)
+    min_entropy_frac: float = 0.25  # of the initial entropy (clean fell to 0.48)
+    max_feature_corr: float = 0.5  # proxy–feature correlation above this warns (clean echo 0.33)
+    max_feature_drift: float = 0.3  # feature mean's move, in initial stds (clean echo 0.20)
 
     def __post_init__(self):
         if isinstance(self.window, bool) or int(self.window) != self.window or self.window < 2:

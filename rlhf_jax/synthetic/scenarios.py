@@ -47,8 +47,19 @@ GOLD_FREE: dict[str, tuple[str, int]] = {
     "length_drift": ("monitor/length_drift", 0),
     "echo_correlation": ("monitor/proxy_echo_corr", 1),
     "echo_drift": ("monitor/echo_drift", 0),
+    "kl_blowup": ("monitor/kl", 1),
     "kl_growth": ("monitor/kl_rate", 1),
     "entropy_collapse": ("monitor/entropy_frac", -1),
+}
+# The `MonitorConfig` field holding each gold-free monitor's threshold.
+THRESHOLD_FIELDS = {
+    "length_correlation": "max_length_corr",
+    "length_drift": "max_length_drift",
+    "echo_correlation": "max_feature_corr",
+    "echo_drift": "max_feature_drift",
+    "kl_blowup": "max_kl",
+    "kl_growth": "max_kl_rate",
+    "entropy_collapse": "min_entropy_frac",
 }
 GOLD_MONITORS = ("proxy_gold_divergence", "proxy_gold_correlation")
 
@@ -144,20 +155,35 @@ def read_run(run_dir: str | pathlib.Path) -> dict:
     }
 
 
-def scenario_row(name: str, run: Mapping) -> dict:
-    """One row of the scenario table from `read_run`'s numbers."""
+def replay(history: Sequence[Mapping], thresholds) -> dict[str, dict]:
+    """The gold-free monitors' firings in a logged history under ``thresholds`` (a
+    `MonitorConfig`): {monitor: {"first", "count"}} for each that fired. The statistics are
+    the ones the run logged, so this equals what the run's monitors would have said with
+    those thresholds."""
+    out = {}
+    for monitor, (key, sign) in GOLD_FREE.items():
+        t = getattr(thresholds, THRESHOLD_FIELDS[monitor])
+        first = first_firing(history, key, sign, t)
+        if first is not None:
+            out[monitor] = {"first": first, "count": count_firings(history, key, sign, t)}
+    return out
+
+
+def scenario_row(name: str, run: Mapping, thresholds=None) -> dict:
+    """One row of the scenario table from `read_run`'s numbers. The gold monitors' firings are
+    the run's own; the gold-free ones are replayed under ``thresholds`` (a `MonitorConfig`;
+    None: the run's own firings)."""
     policies = run["summary"]["policies"]
     sft, ppo = policies["sft"], policies["ppo"]
     peak_iteration, peak_gold = gold_peak(run["history"])
-    fired = run["monitors"]["monitors"]
-    warnings = {
-        m: {
-            "first": v["first_iteration"],
-            "count": v["count"],
-            "lead": peak_iteration - v["first_iteration"],
-        }
-        for m, v in fired.items()
+    fired = {
+        m: {"first": v["first_iteration"], "count": v["count"]}
+        for m, v in run["monitors"]["monitors"].items()
+        if thresholds is None or m in GOLD_MONITORS
     }
+    if thresholds is not None:
+        fired.update(replay(run["history"], thresholds))
+    warnings = {m: {**v, "lead": peak_iteration - v["first"]} for m, v in fired.items()}
     gold_free = {m: w for m, w in warnings.items() if m not in GOLD_MONITORS}
     first = min(gold_free.items(), key=lambda kv: kv[1]["first"], default=None)
     return {
@@ -187,7 +213,8 @@ def table_markdown(rows: Sequence[dict]) -> str:
     head = (
         "| scenario | gold SFT → PPO | proxy SFT → PPO | KL | length SFT → PPO | "
         "echo rate SFT → PPO | gold peak (iteration) | first gold-free warning | "
-        "gold-free warnings |\n|---|---|---|---|---|---|---|---|---|\n"
+        "gold-free warnings (iterations firing) | gold monitors (first, iterations firing) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -201,9 +228,14 @@ def table_markdown(rows: Sequence[dict]) -> str:
         counts = ", ".join(
             f"{m} ×{w['count']}" for m, w in r["warnings"].items() if m not in GOLD_MONITORS
         )
+        gold = ", ".join(
+            f"{m} at {w['first']} ×{w['count']}"
+            for m, w in r["warnings"].items()
+            if m in GOLD_MONITORS
+        )
         lines.append(
             f"| {r['scenario']} | {_pair(r['gold'], 3)} | {_pair(r['proxy'])} | {r['kl']:.2f} | "
             f"{_pair(r['length'])} | {_pair(r['echo'])} | {r['gold_peak'][0]} of "
-            f"{r['iterations']} | {when} | {counts or 'none'} |"
+            f"{r['iterations']} | {when} | {counts or 'none'} | {gold or 'none'} |"
         )
     return head + "\n".join(lines) + "\n"
