@@ -41,11 +41,11 @@ def get_config(arg=None):
     config = StudyConfig(
         run_dir="runs/overoptimization_smoke" if smoke else "runs/overoptimization",
         pipeline=pipeline,
-        data_sizes=(40, 100) if smoke else (250, 1000, 4000),
+        data_sizes=(40, 100) if smoke else (250, 1000, 4000, 16000),
         preference_prompts=400 if smoke else None,
         widths=(32, 64) if smoke else (64, 128),
-        reward_epochs=2.0,
-        reward_min_steps=5 if smoke else 40,
+        reward_epochs=2.0 if smoke else 4.0,
+        reward_min_steps=5 if smoke else 150,
         bon_prompts=16 if smoke else 256,
         bon_log2=3 if smoke else 6,
         kl_coefs=(0.0, 0.1),
@@ -54,7 +54,7 @@ def get_config(arg=None):
             prompts_per_iteration=16 if smoke else 64,
             prompts=256 if smoke else 8192,
         ),
-        rl_learning_rate=3e-4,
-        rl_bin=2 if smoke else 10,
+        rl_learning_rate=3e-4 if smoke else 1e-4,
+        rl_bin=2 if smoke else 5,
     )
     return config_dict(config)

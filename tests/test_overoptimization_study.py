@@ -83,6 +83,19 @@ def test_workers_split_the_arms_and_the_report_waits_for_all(tmp_path):
     assert waiting["status"] == "partial" and "w64_n40" in waiting["missing"]
 
 
+def test_a_rerun_with_other_arm_settings_is_refused(tmp_path):
+    study_lib.Study(micro(tmp_path))
+    # where and how it runs may change: another worker split, report only, no console
+    study_lib.Study(micro(tmp_path, workers=2, worker=1, report_only=True))
+    with pytest.raises(ValueError, match=r"other data_sizes, reward_epochs .*study\.json"):
+        study_lib.Study(micro(tmp_path, data_sizes=(40, 200), reward_epochs=3.0))
+    with pytest.raises(ValueError, match=r"other pipeline\.seed \("):
+        config = micro(tmp_path)
+        study_lib.Study(
+            dataclasses.replace(config, pipeline=dataclasses.replace(config.pipeline, seed=1))
+        )
+
+
 def test_rl_points_average_bins_of_iterations():
     history = [
         {"objective/kl": kl, "objective/gold": g, "objective/raw_scores": p}

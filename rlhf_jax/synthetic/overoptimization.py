@@ -55,13 +55,13 @@ class StudyConfig:
     # The task, the policy's model and schedules, the raters, the reward loss and PPO's
     # options (its run_dir is replaced by <run_dir>/policy)
     pipeline: PipelineConfig
-    data_sizes: tuple[int, ...] = (250, 1000, 4000)  # preference pairs per proxy
+    data_sizes: tuple[int, ...] = (250, 1000, 4000, 16000)  # preference pairs per proxy
     # Prompts the raters' pairs are sampled for (None: 1.15 × the largest data size; pairs
     # that are identical or lack EOS are left out, so a weak SFT policy needs more)
     preference_prompts: int | None = None
     widths: tuple[int, ...] = (64, 128)  # proxy hidden sizes (heads keep the policy's count)
-    reward_epochs: float = 2.0  # passes over each proxy's pairs
-    reward_min_steps: int = 40  # at least this many optimizer steps per proxy
+    reward_epochs: float = 4.0  # passes over each proxy's pairs
+    reward_min_steps: int = 150  # at least this many optimizer steps per proxy
     reward_batch_size: int = 64  # pairs per step
     reward_learning_rate: float = 3e-4  # peak; warm-up 10%, cosine to 10%
     bon_prompts: int = 256  # held-out prompts for best-of-n
@@ -70,8 +70,8 @@ class StudyConfig:
     rl: PPOStage = dataclasses.field(
         default_factory=lambda: PPOStage(iterations=200, prompts_per_iteration=64, prompts=8192)
     )
-    rl_learning_rate: float = 3e-4  # the policy's (high, so that the arms pass the gold peak)
-    rl_bin: int = 10  # iterations averaged into one fitted RL point (gold is a batch mean)
+    rl_learning_rate: float = 1e-4  # the policy's
+    rl_bin: int = 5  # iterations averaged into one fitted RL point (gold is a batch mean)
     workers: int = 1  # processes sharing the arms
     worker: int = 0  # this process's index
     report_only: bool = False  # write the report from the finished arms, train nothing
@@ -95,6 +95,27 @@ class StudyConfig:
             raise ValueError(
                 f"rl_bin={self.rl_bin}: need two or more bins in rl.iterations={self.rl.iterations}"
             )
+
+
+# Fields that change no arm: where it runs, how it is split, how it reports.
+_RUN_FIELDS = ("run_dir", "workers", "worker", "report_only", "console")
+
+
+def _arm_fields(config: StudyConfig) -> dict[str, Any]:
+    """The config's fields as dotted names (``pipeline.seed``), less the ones no arm reads."""
+    flat = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            flat[prefix[:-1]] = value
+
+    walk("", json.loads(json.dumps(dataclasses.asdict(config), default=str)))
+    for name in (*_RUN_FIELDS, "pipeline.console", "pipeline.run_dir"):
+        flat.pop(name, None)
+    return flat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +151,7 @@ class Study:
                 ),
             )
         )
+        self._check_resume()
         self.proxies = [Proxy(w, n) for w in config.widths for n in sorted(config.data_sizes)]
         # Every arm, in a fixed order: a proxy, then its RL arms (a worker owns all three).
         self.arms = [
@@ -141,6 +163,22 @@ class Study:
     # -- the pieces ----------------------------------------------------------------------------
     def path(self, *parts) -> pathlib.Path:
         return self.root.joinpath(*parts)
+
+    def _check_resume(self):
+        """Record the fields the arms depend on (study.json); a rerun in the same run_dir with
+        other values would mix arms of two studies, so it is refused, naming the fields."""
+        now = _arm_fields(self.config)
+        path = self.path("study.json")
+        if not path.exists():
+            path.write_text(json.dumps(now, indent=2))
+            return
+        saved = json.loads(path.read_text())
+        differ = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
+        if differ:
+            raise ValueError(
+                f"run_dir={self.config.run_dir!r} holds a study run with other "
+                f"{', '.join(differ)} ({path}): use another run_dir, or delete it to start over"
+            )
 
     def _mine(self, proxy: Proxy) -> bool:
         return self.proxies.index(proxy) % self.config.workers == self.config.worker
