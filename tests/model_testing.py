@@ -49,6 +49,27 @@ ARCHS = {
     "qwen2": lambda: transformers.Qwen2Config(
         **TINY, **INIT, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True
     ),
+    # Qwen3: per-head q/k RMSNorm, an explicit head_dim other than D / H, and its second layer
+    # sliding (max_window_layers=1) with a window shorter than the test sequences.
+    "qwen3": lambda: transformers.Qwen3Config(
+        **TINY,
+        **INIT,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,
+        tie_word_embeddings=True,
+        use_sliding_window=True,
+        sliding_window=4,
+        max_window_layers=1,
+    ),
+    "mistral": lambda: transformers.MistralConfig(
+        **TINY,
+        **INIT,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=5,
+        tie_word_embeddings=False,
+    ),
     "gpt2": lambda: transformers.GPT2Config(
         vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64, **INIT
     ),

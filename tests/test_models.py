@@ -169,6 +169,34 @@ def test_bad_config_names_the_field(change, message):
         from_hf_dict(raw)
 
 
+def test_sliding_window_fields_are_read_or_refused_by_name():
+    qwen3 = ARCHS["qwen3"]().to_dict()
+    cfg = from_hf_dict(qwen3)
+    assert cfg.qk_norm and cfg.head_dim == 24 and cfg.layer_windows == (0, 4)
+    # without use_sliding_window HF applies no window, whatever the other fields say
+    assert from_hf_dict(qwen3 | {"use_sliding_window": False}).layer_windows == (0, 0)
+    # HF derives layer_types from max_window_layers when a config has none
+    derived = {k: v for k, v in qwen3.items() if k != "layer_types"} | {"max_window_layers": 0}
+    assert from_hf_dict(derived).layer_windows == (4, 4)
+    with pytest.raises(ValueError, match=r"layer_types=.*expected 2 entries"):
+        from_hf_dict(qwen3 | {"layer_types": ["sliding_attention"]})
+    with pytest.raises(ValueError, match=r"layer_types=.*chunked_attention"):
+        from_hf_dict(qwen3 | {"layer_types": ["full_attention", "chunked_attention"]})
+    mistral = ARCHS["mistral"]().to_dict()
+    assert from_hf_dict(mistral).layer_windows == (5, 5)
+    assert from_hf_dict(mistral | {"sliding_window": None}).layer_windows == (0, 0)
+    with pytest.raises(ValueError, match="mistral with layer_types"):
+        from_hf_dict(mistral | {"layer_types": ["full_attention"] * 2})
+    with pytest.raises(ValueError, match="mistral with attention_bias"):
+        from_hf_dict(mistral | {"attention_bias": True})
+    with pytest.raises(ValueError, match="llama with sliding-window layers"):
+        from_hf_dict(ARCHS["llama"]().to_dict() | {"sliding_window": 8})
+    with pytest.raises(ValueError, match="sliding_attention layers but sliding_window=0"):
+        cfg.replace(sliding_window=0)
+    with pytest.raises(ValueError, match="layer_types has 1 entries for 2 layers"):
+        cfg.replace(layer_types=("full_attention",))
+
+
 def test_older_config_layouts_parse_like_current_ones():
     neox = ARCHS["gpt_neox"]().to_dict()
     old_neox = {k: v for k, v in neox.items() if k != "rope_parameters"}

@@ -90,9 +90,18 @@ def test_explicit_causal_mask_equals_the_built_one():
         model.hidden_states(tokens, **kw, mask_BxTxT=mask[:, :-1])
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_packed_dpo_logprobs_loss_and_gradients_equal_unpacked(seed):
-    model = tiny_lm(3)
+# Qwen3-like: q/k norms, the second layer sliding with a window shorter than the rows, so the
+# packed rejected segment must see by position what it would see alone.
+SLIDING = TINY.replace(
+    model_type="qwen3", qk_norm=True, sliding_window=3,
+    layer_types=("full_attention", "sliding_attention"),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(("seed", "config"), [(0, TINY), (1, TINY), (0, SLIDING)],
+                         ids=["seed0", "seed1", "sliding"])  # fmt: skip
+def test_packed_dpo_logprobs_loss_and_gradients_equal_unpacked(seed, config):
+    model = tiny_lm(3, config)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     batch = _with_window(_ragged_pairs(seed), 8, PREFIXES)
     batch["example_mask_B"][-1] = 0.0  # a filler row: its masks stay as they are, weight 0

@@ -5,7 +5,8 @@ heads, G = H / KV, K head width, R rotary width.
 
 softmax(q kᵀ / √K + mask) v per head; query head h reads KV head ⌊h / G⌋ (Ainslie et al. 2023)
 without K/V being repeated. RoPE (Su et al. 2021) rotates the first R dims of q and k by angle
-p·θᵢ in HF's "rotate-half" pairing (dim i with i + R/2):
+p·θᵢ in HF's "rotate-half" pairing (dim i with i + R/2), after Qwen3's per-head RMSNorm of q
+and k when the config has one:
 
     [x₁, x₂] ↦ [x₁ cos − x₂ sin,  x₂ cos + x₁ sin]
 
@@ -26,7 +27,7 @@ from flax import nnx
 from jax import lax
 
 from rlhf_jax.models.config import ModelConfig
-from rlhf_jax.models.layers import Dense
+from rlhf_jax.models.layers import Dense, Norm
 
 # Finite rather than -inf: a fully masked row (a pad query) then softmaxes to a uniform, finite
 # distribution instead of NaN, and NaN cannot leak into gradients through jnp.where.
@@ -104,6 +105,9 @@ class Attention(nnx.Module):
             (h, k), (d,), in_names=("heads", "head_dim"), out_names=("embed",),
             use_bias=config.out_bias, **kw,
         )  # fmt: skip
+        # Qwen3: RMSNorm over each head of q and of k (one gain of K shared by the heads)
+        self.q_norm = Norm(config, size=k, name="head_dim") if config.qk_norm else None
+        self.k_norm = Norm(config, size=k, name="head_dim") if config.qk_norm else None
         self.use_rope = config.positions == "rope"
         self.implementation = config.attention
 
@@ -111,6 +115,8 @@ class Attention(nnx.Module):
         """Returns (out_BxTxD, cache): with `kv_cache` the new k, v are written at `write_at`
         and the updated (k, v) returned; without one, cache is None."""
         q, k, v = self.q(x_BxTxD), self.k(x_BxTxD), self.v(x_BxTxD)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
             q, k = apply_rope(q, *sin_cos), apply_rope(k, *sin_cos)
         if kv_cache is None:

@@ -1,13 +1,21 @@
 """`ModelConfig`: one typed description of a causal-LM architecture, read from an HF config.json.
 
-The four supported families differ only in a handful of switches, so they share one config
-and one module family (`transformer.py`):
+The supported families differ only in a handful of switches, so they share one config and one
+module family (`transformer.py`):
 
-    family     norm   positions          mlp            biases         residual   head
-    llama      RMS    RoPE (+ llama3)    SwiGLU         opt. q/k/v/o   sequential tied/untied
-    qwen2      RMS    RoPE               SwiGLU         q/k/v          sequential tied/untied
-    gpt2       Layer  learned            GELU (tanh)    all            sequential tied
-    gpt_neox   Layer  partial RoPE       GELU           all            parallel   untied
+    family     norm   positions          mlp            biases         residual   extras
+    llama      RMS    RoPE (+ llama3)    SwiGLU         opt. q/k/v/o   sequential
+    qwen2      RMS    RoPE               SwiGLU         q/k/v          sequential sliding layers
+    qwen3      RMS    RoPE               SwiGLU         opt. q/k/v/o   sequential q/k RMSNorm,
+                                                                                  sliding layers
+    mistral    RMS    RoPE               SwiGLU         none           sequential sliding window
+    gpt2       Layer  learned            GELU (tanh)    all            sequential
+    gpt_neox   Layer  partial RoPE       GELU           all            parallel
+
+(every family's LM head tied or untied as its config says). Sliding-window attention: a query
+at position p sees keys at positions p − W < q ≤ p (HF's window W includes the query itself),
+on every layer (Mistral) or on the layers `layer_types` marks "sliding_attention" (Qwen2/3,
+from `max_window_layers` when `use_sliding_window` is set).
 
 `from_hf_dict` accepts both the transformers-5 layout (`rope_parameters`) and the older one
 (`rope_theta`/`rope_scaling`, NeoX `rotary_pct`/`rotary_emb_base`), since checkpoints on the hub
@@ -22,8 +30,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-ModelType = Literal["llama", "qwen2", "gpt2", "gpt_neox"]
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "gpt2", "gpt_neox")
+ModelType = Literal["llama", "qwen2", "qwen3", "mistral", "gpt2", "gpt_neox"]
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "mistral", "gpt2", "gpt_neox")
+LAYER_TYPES: tuple[str, ...] = ("full_attention", "sliding_attention")
 # remat, per scanned block: "none" keeps every activation the backward pass needs; "block"
 # keeps only each block's input and recomputes the rest; "dots" also keeps the outputs of the
 # weight matmuls (everything but attention's and the elementwise ops' is recomputed).
@@ -80,6 +89,11 @@ class ModelConfig:
     rotary_dim: int = 0  # leading head dims that RoPE rotates (NeoX partial rotary); 0 = none
     rope_scaling: RopeScaling | None = None  # context-extension rescaling of the frequencies
     qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2, GPT-2, NeoX)
+    qk_norm: bool = False  # RMSNorm over each head's K dims of q and k, before RoPE (Qwen3)
+    sliding_window: int = 0  # W of the sliding-window layers (0: none)
+    # per layer, "full_attention" or "sliding_attention" (empty: every layer sliding when
+    # sliding_window > 0, else full)
+    layer_types: tuple[str, ...] = ()
     out_bias: bool = False  # bias on the attention output projection
     mlp_bias: bool = False  # biases on the MLP projections
     parallel_residual: bool = False  # x + attn(ln1 x) + mlp(ln2 x) (GPT-NeoX)
@@ -118,6 +132,26 @@ class ModelConfig:
             raise ValueError(f"logprob_chunk={self.logprob_chunk}; expected ≥ 0 (0: automatic)")
         if self.scan_unroll < 1:
             raise ValueError(f"scan_unroll={self.scan_unroll}; expected ≥ 1")
+        if self.sliding_window < 0:
+            raise ValueError(f"sliding_window={self.sliding_window}; expected ≥ 0 (0: none)")
+        if self.layer_types:
+            if len(self.layer_types) != self.num_layers:
+                raise ValueError(
+                    f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers"
+                )
+            bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if bad:
+                raise ValueError(f"layer_types {bad} not supported; expected {LAYER_TYPES}")
+            if "sliding_attention" in self.layer_types and not self.sliding_window:
+                raise ValueError("layer_types has sliding_attention layers but sliding_window=0")
+
+    @property
+    def layer_windows(self) -> tuple[int, ...]:
+        """Each layer's attention window W (0: full causal attention)."""
+        if not self.layer_types:
+            return (self.sliding_window,) * self.num_layers
+        w = self.sliding_window
+        return tuple(w if t == "sliding_attention" else 0 for t in self.layer_types)
 
     @property
     def rope_inv_freq(self) -> np.ndarray:
@@ -156,6 +190,7 @@ class ModelConfig:
         if d.get("rope_scaling") is not None:
             d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
         d["eos_token_ids"] = tuple(d.get("eos_token_ids") or ())
+        d["layer_types"] = tuple(d.get("layer_types") or ())
         return cls(**d)
 
 
@@ -215,6 +250,36 @@ def _rope(d: dict, source: str) -> tuple[float, float, RopeScaling | None]:
             "or 'llama3'"
         )
     return float(theta), float(partial), scaling
+
+
+def _windows(d: dict, model_type: str, num_layers: int, source: str) -> dict[str, Any]:
+    """sliding_window and layer_types as HF's Llama-family configs mean them."""
+    if model_type == "llama":
+        if d.get("sliding_window") or "sliding_attention" in (d.get("layer_types") or ()):
+            raise ValueError(f"{source}: llama with sliding-window layers is not supported")
+        return {}
+    if model_type == "mistral":
+        if d.get("layer_types"):  # HF's Mistral reads no layer_types (Ministral does)
+            raise ValueError(
+                f"{source}: mistral with layer_types={d['layer_types']!r} is not supported"
+            )
+        window = d.get("sliding_window")
+        return {"sliding_window": int(window or 0)}
+    # Qwen2/Qwen3: the window applies only with use_sliding_window, on the layers that
+    # layer_types marks (by default those from max_window_layers on).
+    window = d.get("sliding_window") if d.get("use_sliding_window") else None
+    if not window:
+        return {}
+    types = d.get("layer_types")
+    if types is None:
+        start = int(d.get("max_window_layers", num_layers))
+        types = ["sliding_attention" if i >= start else "full_attention" for i in range(num_layers)]
+    types = tuple(types)
+    if len(types) != num_layers or set(types) - set(LAYER_TYPES):
+        raise ValueError(
+            f"{source}: layer_types={list(types)!r}: expected {num_layers} entries of {LAYER_TYPES}"
+        )
+    return {"sliding_window": int(window), "layer_types": types}
 
 
 def from_hf_dict(d: dict, *, source: str = "config.json", **overrides: Any) -> ModelConfig:
@@ -285,10 +350,10 @@ def from_hf_dict(d: dict, *, source: str = "config.json", **overrides: Any) -> M
             parallel_residual=bool(d.get("use_parallel_residual", True)),
             tie_embeddings=bool(d.get("tie_word_embeddings", False)),
         )
-    else:  # llama, qwen2
-        if model_type == "qwen2" and d.get("use_sliding_window"):
-            raise ValueError(f"{source}: qwen2 with use_sliding_window=true is not supported")
+    else:  # llama, qwen2, qwen3, mistral
         attention_bias = bool(d.get("attention_bias", False))
+        if model_type == "mistral" and (attention_bias or d.get("mlp_bias")):
+            raise ValueError(f"{source}: mistral with attention_bias or mlp_bias is not supported")
         arch = dict(
             num_kv_heads=d.get("num_key_value_heads") or heads,
             norm="rms",
@@ -298,7 +363,9 @@ def from_hf_dict(d: dict, *, source: str = "config.json", **overrides: Any) -> M
             qkv_bias=model_type == "qwen2" or attention_bias,
             out_bias=attention_bias,
             mlp_bias=bool(d.get("mlp_bias", False)),
+            qk_norm=model_type == "qwen3",
             tie_embeddings=bool(d.get("tie_word_embeddings", False)),
+            **_windows(d, model_type, _require(d, "num_hidden_layers", source), source),
         )
     cfg = ModelConfig(
         vocab_size=_require(d, "vocab_size", source),
@@ -393,8 +460,27 @@ def to_hf_dict(cfg: ModelConfig, *, architecture: str) -> dict:
         head_dim=cfg.head_dim,
         rms_norm_eps=cfg.norm_eps,
     )
-    if cfg.model_type == "llama":
+    windows = cfg.layer_windows
+    if cfg.model_type in ("llama", "qwen3"):
         if cfg.qkv_bias != cfg.out_bias:
-            raise ValueError("llama export needs qkv_bias == out_bias (HF `attention_bias`)")
-        out.update(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias)
+            raise ValueError(
+                f"{cfg.model_type} export needs qkv_bias == out_bias (HF `attention_bias`)"
+            )
+        out.update(attention_bias=cfg.qkv_bias)
+    if cfg.model_type == "llama":
+        if any(windows):
+            raise ValueError("llama export has no sliding-window layers")
+        out.update(mlp_bias=cfg.mlp_bias)
+    elif cfg.model_type == "mistral":
+        if len(set(windows)) > 1:
+            raise ValueError("mistral export needs one attention window for every layer")
+        out.update(sliding_window=windows[0] or None)
+    else:  # qwen2, qwen3
+        types = ["sliding_attention" if w else "full_attention" for w in windows]
+        out.update(
+            use_sliding_window=any(windows),
+            sliding_window=cfg.sliding_window or None,
+            max_window_layers=types.index("sliding_attention") if any(windows) else cfg.num_layers,
+            layer_types=types,
+        )
     return out

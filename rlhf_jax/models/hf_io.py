@@ -38,10 +38,12 @@ from rlhf_jax.models.transformer import CausalLM
 _ARCHITECTURES = {  # model_type → (causal LM class, sequence-classification class)
     "llama": ("LlamaForCausalLM", "LlamaForSequenceClassification"),
     "qwen2": ("Qwen2ForCausalLM", "Qwen2ForSequenceClassification"),
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3ForSequenceClassification"),
+    "mistral": ("MistralForCausalLM", "MistralForSequenceClassification"),
     "gpt2": ("GPT2LMHeadModel", "GPT2ForSequenceClassification"),
     "gpt_neox": ("GPTNeoXForCausalLM", "GPTNeoXForSequenceClassification"),
 }
-_PREFIX = {"llama": "model.", "qwen2": "model.", "gpt2": "transformer.", "gpt_neox": "gpt_neox."}
+_PREFIX = {"gpt2": "transformer.", "gpt_neox": "gpt_neox."}  # the Llama-like: "model."
 # Non-persistent buffers that older checkpoints saved; they carry no weights.
 _IGNORED = re.compile(
     r".*\.(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias|attention\.bias|attention\.masked_bias)$"
@@ -93,7 +95,7 @@ def _trunk_rules(cfg: ModelConfig) -> list[_Rule]:
     d, h, kv, k, f, v = (
         cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim, cfg.vocab_size
     )  # fmt: skip
-    pre = _PREFIX[cfg.model_type]
+    pre = _PREFIX.get(cfg.model_type, "model.")
     t = ("trunk",)
     rules = [_copy(f"{pre}embed_tokens.weight", (v, d), (*t, "embed"), (v, d))]
 
@@ -106,7 +108,7 @@ def _trunk_rules(cfg: ModelConfig) -> list[_Rule]:
     def bias(hf, ours, shape, enabled):
         return [_copy(hf, (int(np.prod(shape)),), ours, shape)] if enabled else []
 
-    if cfg.model_type in ("llama", "qwen2"):
+    if cfg.model_type in ("llama", "qwen2", "qwen3", "mistral"):
         for i in range(cfg.num_layers):
             hp, op = f"{pre}layers.{i}.", (*t, "layers", i)
             a, m = f"{hp}self_attn.", (*op, "attn")
@@ -115,6 +117,9 @@ def _trunk_rules(cfg: ModelConfig) -> list[_Rule]:
                 rules += bias(f"{a}{name}_proj.bias", (*m, name, "bias"), (n, k), cfg.qkv_bias)
             rules.append(_linear(f"{a}o_proj.weight", (*m, "o", "kernel"), (h, k), (d,)))
             rules += bias(f"{a}o_proj.bias", (*m, "o", "bias"), (d,), cfg.out_bias)
+            if cfg.qk_norm:
+                for name in ("q_norm", "k_norm"):
+                    rules.append(_copy(f"{a}{name}.weight", (k,), (*m, name, "scale"), (k,)))
             for name, (i_, o_) in (("gate", (d, f)), ("up", (d, f)), ("down", (f, d))):
                 hf = f"{hp}mlp.{name}_proj"
                 rules.append(_linear(f"{hf}.weight", (*op, "mlp", name, "kernel"), (i_,), (o_,)))

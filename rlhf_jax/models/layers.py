@@ -76,11 +76,13 @@ class Norm(nnx.Module):
     Statistics are taken in float32 whatever the compute dtype.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, *, size: int | None = None, name: str = "embed"):
+        """Over the last axis: the residual stream's D, or ``size`` named ``name`` (e.g. a
+        head's K for Qwen3's q/k norms)."""
         pdt = jnp.dtype(config.param_dtype)
-        d = config.hidden_size
-        self.scale = param(None, _ones, (d,), ("embed",), pdt)
-        self.bias = param(None, _zeros, (d,), ("embed",), pdt) if config.norm == "layer" else None
+        d = config.hidden_size if size is None else size
+        self.scale = param(None, _ones, (d,), (name,), pdt)
+        self.bias = param(None, _zeros, (d,), (name,), pdt) if config.norm == "layer" else None
         self.eps = config.norm_eps
         self.dtype = config.dtype
 

@@ -1,4 +1,4 @@
-"""One NNX decoder-only transformer family for Llama, Qwen2, GPT-2 and GPT-NeoX.
+"""One NNX decoder-only transformer family for Llama, Qwen2, Qwen3, Mistral, GPT-2 and GPT-NeoX.
 
 Letters: B batch, T query time, S key time (cache slots), D model width, H query heads,
 KV key/value heads, G = H / KV query heads per KV head, K head width, R rotary width,
@@ -37,6 +37,8 @@ with no rule through unchanged, so give every name a rule, `None` to replicate):
 Masks: attention takes `attn_mask_BxT` (True = real token) and `positions_BxT` separately, so a
 left-padded row gives the same logits at its real tokens as the unpadded sequence does. Rows of
 pad queries attend to nothing real; a finite mask value keeps their (ignored) outputs finite.
+Sliding-window layers (``ModelConfig.layer_windows``) also drop keys W or more positions back;
+when full and sliding layers interleave, the scanned loop carries each layer's choice.
 
 KV cache: (B, KV, S, K) per layer, preallocated, written in place with `dynamic_update_slice`.
 Keeping S second-to-last makes each decode step's q·kᵀ and p·v plain batched matmuls over the
@@ -212,13 +214,31 @@ class Transformer(nnx.Module):
             else:
                 causal_TxT = jnp.tril(jnp.ones((t, t), bool))
                 mask_BxTxS = causal_TxT[None] & attn_mask_BxT[:, None, :]
+            windows = cfg.layer_windows
+            # Sliding windows by position, so a packed row's segments see what they would alone.
+            near = lambda w: (positions_BxT[:, :, None] - positions_BxT[:, None, :]) < w
+            if len(set(windows)) == 1:  # one attention for every layer
+                if windows[0]:
+                    mask_BxTxS = mask_BxTxS & near(windows[0])
 
-            def body(x, layer):
-                x, _ = nnx.merge(graphdef, layer)(x, sin_cos=sin_cos, mask_BxTxS=mask_BxTxS)
-                return x, None
+                def body(x, layer):
+                    x, _ = nnx.merge(graphdef, layer)(x, sin_cos=sin_cos, mask_BxTxS=mask_BxTxS)
+                    return x, None
+
+                xs = layers
+            else:  # full and sliding layers interleaved: each layer's mask in the loop
+                windowed_BxTxS = mask_BxTxS & near(cfg.sliding_window)
+
+                def body(x, layer_and_sliding):
+                    layer, sliding = layer_and_sliding
+                    mask = jnp.where(sliding, windowed_BxTxS, mask_BxTxS)
+                    x, _ = nnx.merge(graphdef, layer)(x, sin_cos=sin_cos, mask_BxTxS=mask)
+                    return x, None
+
+                xs = (layers, jnp.asarray([w > 0 for w in windows]))
 
             unroll = min(cfg.scan_unroll, cfg.num_layers)
-            x, _ = lax.scan(_remat(body, cfg.remat), x, layers, unroll=unroll)
+            x, _ = lax.scan(_remat(body, cfg.remat), x, xs, unroll=unroll)
             return self.final_norm(x), None
         s = cache.valid_BxS.shape[1]
         if t > s:
@@ -227,11 +247,19 @@ class Transformer(nnx.Module):
         query_slot_T = cache.end + jnp.arange(t)
         causal_TxS = jnp.arange(s)[None, :] <= query_slot_T[:, None]
         mask_BxTxS = causal_TxS[None] & valid_BxS[:, None, :]
+        # Real tokens fill consecutive slots (prompts are left-padded), so slot distance is
+        # position distance for every key the mask lets through.
+        near_TxS = query_slot_T[:, None] - jnp.arange(s)[None, :] < cfg.sliding_window
+        windowed_BxTxS = mask_BxTxS & near_TxS[None] if cfg.sliding_window else None
         new_k, new_v = [], []
         blocks = self.layer_blocks() if blocks is None else blocks
-        for layer, k, v in zip(blocks, cache.k, cache.v, strict=True):
+        for layer, k, v, w in zip(blocks, cache.k, cache.v, cfg.layer_windows, strict=True):
             x, (k, v) = layer(
-                x, sin_cos=sin_cos, mask_BxTxS=mask_BxTxS, kv_cache=(k, v), write_at=cache.end
+                x,
+                sin_cos=sin_cos,
+                mask_BxTxS=windowed_BxTxS if w else mask_BxTxS,
+                kv_cache=(k, v),
+                write_at=cache.end,
             )
             new_k.append(k)
             new_v.append(v)
