@@ -70,6 +70,25 @@ ARCHS = {
         sliding_window=5,
         tie_word_embeddings=False,
     ),
+    # Gemma 3 (text): layers 0 and 2 sliding (window 4, local RoPE base) around a global one
+    # with linear rope scaling; soft-capped logits (absent from released Gemma 3 configs) so
+    # that the path is compared.
+    "gemma3": lambda: transformers.Gemma3TextConfig(
+        **(TINY | {"num_hidden_layers": 3}),
+        # √D-scaled embeddings: HF's own init scale keeps greedy continuations varied
+        **(INIT | {"initializer_range": 0.02}),
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=24,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={
+            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+        },
+        final_logit_softcapping=3.0,
+    ),
     "gpt2": lambda: transformers.GPT2Config(
         vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64, **INIT
     ),

@@ -197,6 +197,34 @@ def test_sliding_window_fields_are_read_or_refused_by_name():
         cfg.replace(layer_types=("full_attention",))
 
 
+def test_gemma3_fields_are_read_or_refused_by_name():
+    gemma = ARCHS["gemma3"]().to_dict()
+    cfg = from_hf_dict(gemma)
+    assert cfg.layer_windows == (4, 0, 4) and cfg.local_rope_theta == 1e4
+    assert cfg.rope_theta == 1e6 and cfg.rope_scaling.factor == 2.0
+    assert cfg.attn_scale == 24**-0.5 and cfg.final_softcap == 3.0 and cfg.norm == "rms_offset"
+    # transformers 4's layout: one theta per kind of layer, the scaling for the global ones
+    full = gemma["rope_parameters"]["full_attention"]
+    old = {k: v for k, v in gemma.items() if k != "rope_parameters"} | {
+        "rope_theta": 1e6, "rope_local_base_freq": 1e4,
+        "rope_scaling": {"rope_type": "linear", "factor": full["factor"]},
+    }  # fmt: skip
+    assert from_hf_dict(old) == cfg
+    # HF's default pattern when layer_types is absent: every sixth layer global
+    six = {k: v for k, v in gemma.items() if k != "layer_types"} | {"num_hidden_layers": 7}
+    assert from_hf_dict(six).layer_windows == (4, 4, 4, 4, 4, 0, 4)
+    for field, value in [("attn_logit_softcapping", 50.0), ("use_bidirectional_attention", True)]:
+        with pytest.raises(ValueError, match=f"gemma3_text with {field}="):
+            from_hf_dict(gemma | {field: value})
+    local = {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}
+    with pytest.raises(ValueError, match="gemma3 sliding layers with rope type 'linear'"):
+        from_hf_dict(
+            gemma | {"rope_parameters": {"full_attention": full, "sliding_attention": local}}
+        )
+    with pytest.raises(ValueError, match="model_type 'gemma3' is not supported"):
+        from_hf_dict(gemma | {"model_type": "gemma3"})  # the multimodal wrapper
+
+
 def test_older_config_layouts_parse_like_current_ones():
     neox = ARCHS["gpt_neox"]().to_dict()
     old_neox = {k: v for k, v in neox.items() if k != "rope_parameters"}

@@ -34,9 +34,10 @@ from rlhf_jax.models.layers import Dense, Norm
 _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 
 
-def rope_sin_cos(config: ModelConfig, positions_BxT):
-    """sin, cos of p·θᵢ, each (B, T, R/2), in float32 as HF computes them."""
-    inv_freq = jnp.asarray(config.rope_inv_freq)
+def rope_sin_cos(config: ModelConfig, positions_BxT, *, local: bool = False):
+    """sin, cos of p·θᵢ, each (B, T, R/2), in float32 as HF computes them (``local``: the
+    sliding layers' own frequencies, `ModelConfig.local_rope_inv_freq`)."""
+    inv_freq = jnp.asarray(config.local_rope_inv_freq if local else config.rope_inv_freq)
     angles = positions_BxT.astype(jnp.float32)[..., None] * inv_freq[None, None, :]
     return jnp.sin(angles), jnp.cos(angles)
 
@@ -53,13 +54,14 @@ def apply_rope(x_BxTxNxK, sin_BxTxH, cos_BxTxH):
     return jnp.concatenate(rotated, axis=-1)
 
 
-def attend(q_BxTxHxK, k_BxKVxSxK, v_BxKVxSxK, mask_BxTxS):
-    """softmax(q kᵀ/√K, masked) v with GQA; scores and softmax in float32. Returns (B,T,H,K)."""
+def attend(q_BxTxHxK, k_BxKVxSxK, v_BxKVxSxK, mask_BxTxS, *, scale=None):
+    """softmax(q kᵀ·scale, masked) v with GQA (scale: 1/√K unless given); scores and softmax
+    in float32. Returns (B, T, H, K)."""
     b, t, h, k = q_BxTxHxK.shape
     kv = k_BxKVxSxK.shape[1]
     q = q_BxTxHxK.reshape(b, t, kv, h // kv, k)
     scores = jnp.einsum("btngk,bnsk->bngts", q, k_BxKVxSxK, preferred_element_type=jnp.float32) * (
-        k**-0.5
+        k**-0.5 if scale is None else scale
     )
     scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKVxSxK.dtype)
@@ -67,7 +69,9 @@ def attend(q_BxTxHxK, k_BxKVxSxK, v_BxKVxSxK, mask_BxTxS):
     return out.reshape(b, t, h, k)
 
 
-def fused_attention(q_BxTxHxK, k_BxSxKVxK, v_BxSxKVxK, mask_BxTxS, implementation: str):
+def fused_attention(
+    q_BxTxHxK, k_BxSxKVxK, v_BxSxKVxK, mask_BxTxS, implementation: str, *, scale=None
+):
     """`jax.nn.dot_product_attention` with GQA and an arbitrary boolean mask. (B, T, H, K)."""
     if implementation == "cudnn" and q_BxTxHxK.dtype not in (jnp.bfloat16, jnp.float16):
         raise ValueError(
@@ -78,6 +82,7 @@ def fused_attention(q_BxTxHxK, k_BxSxKVxK, v_BxSxKVxK, mask_BxTxS, implementatio
         k_BxSxKVxK,
         v_BxSxKVxK,
         mask=mask_BxTxS[:, None, :, :],
+        scale=scale,
         implementation=implementation,
     )
 
@@ -110,6 +115,7 @@ class Attention(nnx.Module):
         self.k_norm = Norm(config, size=k, name="head_dim") if config.qk_norm else None
         self.use_rope = config.positions == "rope"
         self.implementation = config.attention
+        self.scale = config.attn_scale or None
 
     def __call__(self, x_BxTxD, *, sin_cos, mask_BxTxS, kv_cache=None, write_at=None):
         """Returns (out_BxTxD, cache): with `kv_cache` the new k, v are written at `write_at`
@@ -120,9 +126,11 @@ class Attention(nnx.Module):
         if self.use_rope:
             q, k = apply_rope(q, *sin_cos), apply_rope(k, *sin_cos)
         if kv_cache is None:
-            return self.o(fused_attention(q, k, v, mask_BxTxS, self.implementation)), None
+            out = fused_attention(q, k, v, mask_BxTxS, self.implementation, scale=self.scale)
+            return self.o(out), None
         cache_k, cache_v = kv_cache
         at = (0, 0, write_at, 0)
         k = lax.dynamic_update_slice(cache_k, k.transpose(0, 2, 1, 3).astype(cache_k.dtype), at)
         v = lax.dynamic_update_slice(cache_v, v.transpose(0, 2, 1, 3).astype(cache_v.dtype), at)
-        return self.o(attend(q, k, v, mask_BxTxS)), (k, v)
+        out = attend(q, k, v, mask_BxTxS, scale=self.scale)
+        return self.o(out), (k, v)

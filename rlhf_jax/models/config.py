@@ -9,13 +9,17 @@ module family (`transformer.py`):
     qwen3      RMS    RoPE               SwiGLU         opt. q/k/v/o   sequential q/k RMSNorm,
                                                                                   sliding layers
     mistral    RMS    RoPE               SwiGLU         none           sequential sliding window
+    gemma3     RMS(1+g) RoPE ×2 bases    GeGLU          opt. q/k/v/o   sandwich   √D embedding
+               scale, q/k norms, query_pre_attn_scalar, final logit soft-capping, sliding layers
     gpt2       Layer  learned            GELU (tanh)    all            sequential
     gpt_neox   Layer  partial RoPE       GELU           all            parallel
 
 (every family's LM head tied or untied as its config says). Sliding-window attention: a query
 at position p sees keys at positions p − W < q ≤ p (HF's window W includes the query itself),
 on every layer (Mistral) or on the layers `layer_types` marks "sliding_attention" (Qwen2/3,
-from `max_window_layers` when `use_sliding_window` is set).
+from `max_window_layers` when `use_sliding_window` is set; Gemma 3, whose sliding layers also
+have their own RoPE base). Gemma 3's block is a sandwich: x ← x + N₂(Attn(N₁ x)), then
+x ← x + N₄(MLP(N₃ x)), every norm x·(1 + g) with g in float32.
 
 `from_hf_dict` accepts both the transformers-5 layout (`rope_parameters`) and the older one
 (`rope_theta`/`rope_scaling`, NeoX `rotary_pct`/`rotary_emb_base`), since checkpoints on the hub
@@ -30,8 +34,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-ModelType = Literal["llama", "qwen2", "qwen3", "mistral", "gpt2", "gpt_neox"]
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "mistral", "gpt2", "gpt_neox")
+ModelType = Literal["llama", "qwen2", "qwen3", "mistral", "gemma3_text", "gpt2", "gpt_neox"]
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
+    "llama", "qwen2", "qwen3", "mistral", "gemma3_text", "gpt2", "gpt_neox",
+)  # fmt: skip
+LLAMA_LIKE: tuple[str, ...] = ("llama", "qwen2", "qwen3", "mistral", "gemma3_text")
 LAYER_TYPES: tuple[str, ...] = ("full_attention", "sliding_attention")
 # remat, per scanned block: "none" keeps every activation the backward pass needs; "block"
 # keeps only each block's input and recomputes the rest; "dots" also keeps the outputs of the
@@ -79,7 +86,8 @@ class ModelConfig:
     num_kv_heads: int  # KV: key/value heads (GQA when < H; each serves H // KV query heads)
     head_dim: int  # K: width of one head
     mlp_dim: int  # F: MLP hidden width
-    norm: Literal["rms", "layer"]  # RMSNorm (no bias, no centring) or LayerNorm
+    # RMSNorm (no bias, no centring), LayerNorm, or Gemma's RMSNorm with gain 1 + g in float32
+    norm: Literal["rms", "layer", "rms_offset"]
     norm_eps: float  # epsilon inside the norm's rsqrt
     activation: Literal["silu", "gelu", "gelu_tanh", "relu"]  # MLP nonlinearity
     gated_mlp: bool  # SwiGLU-style down(act(gate(x)) * up(x)) instead of proj(act(fc(x)))
@@ -90,6 +98,11 @@ class ModelConfig:
     rope_scaling: RopeScaling | None = None  # context-extension rescaling of the frequencies
     qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2, GPT-2, NeoX)
     qk_norm: bool = False  # RMSNorm over each head's K dims of q and k, before RoPE (Qwen3)
+    post_norms: bool = False  # norms on the attention and MLP outputs too (Gemma 3's sandwich)
+    embed_scale: bool = False  # token embeddings times √D (Gemma)
+    attn_scale: float = 0.0  # the scores' scale (0: 1/√K; Gemma 3: query_pre_attn_scalar^-½)
+    final_softcap: float = 0.0  # logits → c·tanh(logits / c) (0: none)
+    local_rope_theta: float = 0.0  # sliding layers' RoPE base, unscaled (0: as the others')
     sliding_window: int = 0  # W of the sliding-window layers (0: none)
     # per layer, "full_attention" or "sliding_attention" (empty: every layer sliding when
     # sliding_window > 0, else full)
@@ -144,6 +157,19 @@ class ModelConfig:
                 raise ValueError(f"layer_types {bad} not supported; expected {LAYER_TYPES}")
             if "sliding_attention" in self.layer_types and not self.sliding_window:
                 raise ValueError("layer_types has sliding_attention layers but sliding_window=0")
+
+    @property
+    def local_rope_inv_freq(self) -> np.ndarray | None:
+        """The sliding layers' own inverse frequencies (None: the same as every layer's)."""
+        if not self.local_rope_theta:
+            return None
+        dim = self.rotary_dim
+        exponent = np.arange(0, dim, 2, dtype=np.float32) / dim
+        return (1.0 / (self.local_rope_theta**exponent)).astype(np.float32)
+
+    @property
+    def scores_scale(self) -> float:
+        return self.attn_scale or self.head_dim**-0.5
 
     @property
     def layer_windows(self) -> tuple[int, ...]:
@@ -252,28 +278,61 @@ def _rope(d: dict, source: str) -> tuple[float, float, RopeScaling | None]:
     return float(theta), float(partial), scaling
 
 
+def _gemma_rope(d: dict, source: str) -> tuple[float, float, RopeScaling | None, float]:
+    """Gemma 3's two RoPEs: (theta, partial, scaling) of the full-attention layers and the
+    sliding layers' theta, from `rope_parameters` per layer type or the older
+    `rope_theta` / `rope_local_base_freq` / `rope_scaling`."""
+    params = d.get("rope_parameters") or {}
+    full = dict(params.get("full_attention") or {})
+    local = dict(params.get("sliding_attention") or {})
+    full = {**(d.get("rope_scaling") or {}), **full}
+    full.setdefault("rope_theta", d.get("rope_theta", 1_000_000.0))
+    local.setdefault("rope_theta", d.get("rope_local_base_freq", 10_000.0))
+    if local.get("rope_type", local.get("type", "default")) != "default":
+        raise ValueError(
+            f"{source}: gemma3 sliding layers with rope type "
+            f"{local.get('rope_type', local.get('type'))!r} are not supported; expected 'default'"
+        )
+    spec = {"rope_parameters": full, "max_position_embeddings": d.get("max_position_embeddings")}
+    theta, partial, scaling = _rope(spec, source)
+    return theta, partial, scaling, float(local["rope_theta"])
+
+
 def _windows(d: dict, model_type: str, num_layers: int, source: str) -> dict[str, Any]:
     """sliding_window and layer_types as HF's Llama-family configs mean them."""
     if model_type == "llama":
         if d.get("sliding_window") or "sliding_attention" in (d.get("layer_types") or ()):
             raise ValueError(f"{source}: llama with sliding-window layers is not supported")
         return {}
-    if model_type == "mistral":
+    if model_type == "gemma3_text":
+        # HF's default when a config has no layer_types: every sixth layer global
+        pattern = int(d.get("sliding_window_pattern", 6))
+        types = d.get("layer_types") or [
+            "sliding_attention" if (i + 1) % pattern else "full_attention"
+            for i in range(num_layers)
+        ]
+        window = d.get("sliding_window")
+        if not window:
+            return {}
+    elif model_type == "mistral":
         if d.get("layer_types"):  # HF's Mistral reads no layer_types (Ministral does)
             raise ValueError(
                 f"{source}: mistral with layer_types={d['layer_types']!r} is not supported"
             )
         window = d.get("sliding_window")
         return {"sliding_window": int(window or 0)}
-    # Qwen2/Qwen3: the window applies only with use_sliding_window, on the layers that
-    # layer_types marks (by default those from max_window_layers on).
-    window = d.get("sliding_window") if d.get("use_sliding_window") else None
-    if not window:
-        return {}
-    types = d.get("layer_types")
-    if types is None:
-        start = int(d.get("max_window_layers", num_layers))
-        types = ["sliding_attention" if i >= start else "full_attention" for i in range(num_layers)]
+    else:
+        # Qwen2/Qwen3: the window applies only with use_sliding_window, on the layers that
+        # layer_types marks (by default those from max_window_layers on).
+        window = d.get("sliding_window") if d.get("use_sliding_window") else None
+        if not window:
+            return {}
+        types = d.get("layer_types")
+        if types is None:
+            start = int(d.get("max_window_layers", num_layers))
+            types = [
+                "sliding_attention" if i >= start else "full_attention" for i in range(num_layers)
+            ]
     types = tuple(types)
     if len(types) != num_layers or set(types) - set(LAYER_TYPES):
         raise ValueError(
@@ -335,7 +394,10 @@ def from_hf_dict(d: dict, *, source: str = "config.json", **overrides: Any) -> M
     width = _require(d, "hidden_size", source)
     heads = _require(d, "num_attention_heads", source)
     head_dim = d.get("head_dim") or width // heads
-    theta, partial, scaling = _rope(d, source)
+    if model_type == "gemma3_text":
+        theta, partial, scaling, local_theta = _gemma_rope(d, source)
+    else:
+        (theta, partial, scaling), local_theta = _rope(d, source), 0.0
     if model_type == "gpt_neox":
         bias = bool(d.get("attention_bias", True))
         arch = dict(
@@ -367,6 +429,29 @@ def from_hf_dict(d: dict, *, source: str = "config.json", **overrides: Any) -> M
             tie_embeddings=bool(d.get("tie_word_embeddings", False)),
             **_windows(d, model_type, _require(d, "num_hidden_layers", source), source),
         )
+        if model_type == "gemma3_text":
+            for field in ("use_bidirectional_attention", "attn_logit_softcapping"):
+                # transformers' Gemma 3 reads attn_logit_softcapping but never applies it
+                if d.get(field):
+                    raise ValueError(
+                        f"{source}: gemma3_text with {field}={d[field]!r} is not supported"
+                    )
+            arch.update(
+                norm="rms_offset",
+                activation=_activation(
+                    d.get("hidden_activation", "gelu_pytorch_tanh"), source, "hidden_activation"
+                ),
+                qkv_bias=attention_bias,
+                qk_norm=True,
+                post_norms=True,
+                embed_scale=True,
+                attn_scale=float(d.get("query_pre_attn_scalar", head_dim)) ** -0.5,
+                final_softcap=float(d.get("final_logit_softcapping") or 0.0),
+                local_rope_theta=(
+                    local_theta if "sliding_attention" in arch.get("layer_types", ()) else 0.0
+                ),
+                tie_embeddings=bool(d.get("tie_word_embeddings", True)),
+            )
     cfg = ModelConfig(
         vocab_size=_require(d, "vocab_size", source),
         hidden_size=width,
@@ -387,6 +472,11 @@ def from_hf_dict(d: dict, *, source: str = "config.json", **overrides: Any) -> M
 
 
 _HF_ACT = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+
+
+def _integral(x: float) -> int | float:
+    """x as an int when it is one up to float rounding (HF types some such fields int)."""
+    return round(x) if abs(x - round(x)) < 1e-6 * max(1.0, abs(x)) else x
 
 
 def to_hf_dict(cfg: ModelConfig, *, architecture: str) -> dict:
@@ -427,6 +517,8 @@ def to_hf_dict(cfg: ModelConfig, *, architecture: str) -> dict:
     if cfg.rope_scaling is not None:
         scaling = dataclasses.asdict(cfg.rope_scaling)
         scaling["rope_type"] = scaling.pop("kind")
+        if scaling["rope_type"] == "linear":  # the llama3 fields mean nothing to it
+            scaling = {"rope_type": "linear", "factor": scaling["factor"]}
         rope.update(scaling)
     # Readers built on transformers 4 (many serving stacks) know only the older keys; they are
     # written beside `rope_parameters`, which transformers 5 reads first.
@@ -461,6 +553,34 @@ def to_hf_dict(cfg: ModelConfig, *, architecture: str) -> dict:
         rms_norm_eps=cfg.norm_eps,
     )
     windows = cfg.layer_windows
+    if cfg.model_type == "gemma3_text":
+        full = dict(rope)
+        out.pop("rope_theta", None)
+        out.pop("rope_scaling", None)
+        out.pop("hidden_act")
+        out.update(
+            # Gemma's name for the tanh GELU, which HF computes with torch's own kernel
+            hidden_activation="gelu_pytorch_tanh"
+            if cfg.activation == "gelu_tanh"
+            else _HF_ACT[cfg.activation],
+            rope_parameters={
+                "full_attention": full,
+                "sliding_attention": {
+                    "rope_type": "default",
+                    "rope_theta": cfg.local_rope_theta or cfg.rope_theta,
+                },
+            },
+            # the transformers-4 keys
+            rope_theta=cfg.rope_theta,
+            rope_local_base_freq=cfg.local_rope_theta or cfg.rope_theta,
+            rope_scaling=scaling,
+            attention_bias=cfg.qkv_bias,
+            query_pre_attn_scalar=_integral(cfg.scores_scale**-2),
+            final_logit_softcapping=cfg.final_softcap or None,
+            sliding_window=cfg.sliding_window or None,
+            layer_types=["sliding_attention" if w else "full_attention" for w in windows],
+        )
+        return out
     if cfg.model_type in ("llama", "qwen3"):
         if cfg.qkv_bias != cfg.out_bias:
             raise ValueError(

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlhf_jax.models.config import ModelConfig, from_hf_dict, to_hf_dict
+from rlhf_jax.models.config import LLAMA_LIKE, ModelConfig, from_hf_dict, to_hf_dict
 from rlhf_jax.models.heads import HeadKind, ScalarHead, ScalarModel
 from rlhf_jax.models.tensor_files import CheckpointError, TensorFiles, write_tensors
 from rlhf_jax.models.transformer import CausalLM
@@ -40,6 +40,7 @@ _ARCHITECTURES = {  # model_type → (causal LM class, sequence-classification c
     "qwen2": ("Qwen2ForCausalLM", "Qwen2ForSequenceClassification"),
     "qwen3": ("Qwen3ForCausalLM", "Qwen3ForSequenceClassification"),
     "mistral": ("MistralForCausalLM", "MistralForSequenceClassification"),
+    "gemma3_text": ("Gemma3ForCausalLM", "Gemma3TextForSequenceClassification"),
     "gpt2": ("GPT2LMHeadModel", "GPT2ForSequenceClassification"),
     "gpt_neox": ("GPTNeoXForCausalLM", "GPTNeoXForSequenceClassification"),
 }
@@ -108,7 +109,7 @@ def _trunk_rules(cfg: ModelConfig) -> list[_Rule]:
     def bias(hf, ours, shape, enabled):
         return [_copy(hf, (int(np.prod(shape)),), ours, shape)] if enabled else []
 
-    if cfg.model_type in ("llama", "qwen2", "qwen3", "mistral"):
+    if cfg.model_type in LLAMA_LIKE:
         for i in range(cfg.num_layers):
             hp, op = f"{pre}layers.{i}.", (*t, "layers", i)
             a, m = f"{hp}self_attn.", (*op, "attn")
@@ -125,7 +126,12 @@ def _trunk_rules(cfg: ModelConfig) -> list[_Rule]:
                 rules.append(_linear(f"{hf}.weight", (*op, "mlp", name, "kernel"), (i_,), (o_,)))
                 rules += bias(f"{hf}.bias", (*op, "mlp", name, "bias"), (o_,), cfg.mlp_bias)
             rules += norm(f"{hp}input_layernorm", (*op, "attn_norm"))
-            rules += norm(f"{hp}post_attention_layernorm", (*op, "mlp_norm"))
+            if cfg.post_norms:  # Gemma 3's four norms
+                rules += norm(f"{hp}post_attention_layernorm", (*op, "attn_post_norm"))
+                rules += norm(f"{hp}pre_feedforward_layernorm", (*op, "mlp_norm"))
+                rules += norm(f"{hp}post_feedforward_layernorm", (*op, "mlp_post_norm"))
+            else:
+                rules += norm(f"{hp}post_attention_layernorm", (*op, "mlp_norm"))
         rules += norm(f"{pre}norm", (*t, "final_norm"))
     elif cfg.model_type == "gpt2":
         rules = [

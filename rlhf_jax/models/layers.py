@@ -71,7 +71,8 @@ class Dense(nnx.Module):
 
 
 class Norm(nnx.Module):
-    """RMSNorm, x·rsqrt(mean x² + ε)·g (Zhang & Sennrich 2019), or LayerNorm (Ba et al. 2016).
+    """RMSNorm, x·rsqrt(mean x² + ε)·g (Zhang & Sennrich 2019), Gemma's variant with gain 1 + g,
+    or LayerNorm (Ba et al. 2016).
 
     Statistics are taken in float32 whatever the compute dtype.
     """
@@ -81,7 +82,8 @@ class Norm(nnx.Module):
         head's K for Qwen3's q/k norms)."""
         pdt = jnp.dtype(config.param_dtype)
         d = config.hidden_size if size is None else size
-        self.scale = param(None, _ones, (d,), (name,), pdt)
+        self.offset = config.norm == "rms_offset"  # gain 1 + g (Gemma), g = 0 at init
+        self.scale = param(None, _zeros if self.offset else _ones, (d,), (name,), pdt)
         self.bias = param(None, _zeros, (d,), (name,), pdt) if config.norm == "layer" else None
         self.eps = config.norm_eps
         self.dtype = config.dtype
@@ -91,6 +93,10 @@ class Norm(nnx.Module):
         x = x_BxTxD.astype(jnp.float32)
         if self.bias is None:
             x = x * lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
+            if self.offset:  # Gemma multiplies in float32, then casts
+                return (x * (1.0 + _lead(self.scale[...].astype(jnp.float32), x.ndim))).astype(
+                    dtype
+                )
             # HF casts back before the gain; do the same so bf16 runs round identically.
             return x.astype(dtype) * _lead(self.scale[...].astype(dtype), x.ndim)
         mean = jnp.mean(x, axis=-1, keepdims=True)

@@ -51,6 +51,7 @@ the backward pass, so that no step holds B × T × V logits.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import flax.struct
@@ -78,12 +79,18 @@ class Block(nnx.Module):
         self.attn = Attention(config, rngs=rngs)
         self.mlp_norm = Norm(config)
         self.mlp = MLP(config, rngs=rngs)
+        # Gemma 3: norms on each sublayer's output as well (None elsewhere)
+        self.attn_post_norm = Norm(config) if config.post_norms else None
+        self.mlp_post_norm = Norm(config) if config.post_norms else None
         self.parallel_residual = config.parallel_residual
 
     def __call__(self, x_BxTxD, **attn_kwargs):
         a, kv = self.attn(self.attn_norm(x_BxTxD), **attn_kwargs)
         if self.parallel_residual:
             return x_BxTxD + a + self.mlp(self.mlp_norm(x_BxTxD)), kv
+        if self.attn_post_norm is not None:
+            x = x_BxTxD + self.attn_post_norm(a)
+            return x + self.mlp_post_norm(self.mlp(self.mlp_norm(x))), kv
         x = x_BxTxD + a
         return x + self.mlp(self.mlp_norm(x)), kv
 
@@ -203,9 +210,17 @@ class Transformer(nnx.Module):
             )
         dtype = jnp.dtype(cfg.dtype)
         x = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dtype)
+        if cfg.embed_scale:  # Gemma: √D, rounded to the compute dtype as HF does
+            x = x * jnp.asarray(cfg.hidden_size**0.5, dtype)
         if self.pos_embed is not None:
             x = x + jnp.take(self.pos_embed[...], positions_BxT, axis=0).astype(dtype)
         sin_cos = rope_sin_cos(cfg, positions_BxT) if cfg.positions == "rope" else None
+        # The sliding layers' own RoPE (Gemma 3), else theirs is everyone's.
+        local_sin_cos = (
+            rope_sin_cos(cfg, positions_BxT, local=True)
+            if sin_cos is not None and cfg.local_rope_theta
+            else sin_cos
+        )
         attn_mask_BxT = attn_mask_BxT.astype(bool)
         graphdef, layers = nnx.split(self.layers)
         if cache is None:
@@ -220,6 +235,7 @@ class Transformer(nnx.Module):
             if len(set(windows)) == 1:  # one attention for every layer
                 if windows[0]:
                     mask_BxTxS = mask_BxTxS & near(windows[0])
+                    sin_cos = local_sin_cos
 
                 def body(x, layer):
                     x, _ = nnx.merge(graphdef, layer)(x, sin_cos=sin_cos, mask_BxTxS=mask_BxTxS)
@@ -232,7 +248,10 @@ class Transformer(nnx.Module):
                 def body(x, layer_and_sliding):
                     layer, sliding = layer_and_sliding
                     mask = jnp.where(sliding, windowed_BxTxS, mask_BxTxS)
-                    x, _ = nnx.merge(graphdef, layer)(x, sin_cos=sin_cos, mask_BxTxS=mask)
+                    sc = sin_cos
+                    if local_sin_cos is not sin_cos:
+                        sc = jax.tree.map(partial(jnp.where, sliding), local_sin_cos, sin_cos)
+                    x, _ = nnx.merge(graphdef, layer)(x, sin_cos=sc, mask_BxTxS=mask)
                     return x, None
 
                 xs = (layers, jnp.asarray([w > 0 for w in windows]))
@@ -256,7 +275,7 @@ class Transformer(nnx.Module):
         for layer, k, v, w in zip(blocks, cache.k, cache.v, cfg.layer_windows, strict=True):
             x, (k, v) = layer(
                 x,
-                sin_cos=sin_cos,
+                sin_cos=local_sin_cos if w else sin_cos,
                 mask_BxTxS=windowed_BxTxS if w else mask_BxTxS,
                 kv_cache=(k, v),
                 write_at=cache.end,
@@ -310,13 +329,16 @@ class CausalLM(nnx.Module):
         dtype = jnp.dtype(self.config.dtype)
         if self.lm_head is None:
             w_VxD = self.trunk.embed[...].astype(dtype)
-            return jnp.einsum(
+            logits = jnp.einsum(
                 "btd,vd->btv", h_BxTxD.astype(dtype), w_VxD, preferred_element_type=jnp.float32
             )
-        w_DxV = self.lm_head.kernel[...].astype(dtype)
-        return jnp.einsum(
-            "btd,dv->btv", h_BxTxD.astype(dtype), w_DxV, preferred_element_type=jnp.float32
-        )
+        else:
+            w_DxV = self.lm_head.kernel[...].astype(dtype)
+            logits = jnp.einsum(
+                "btd,dv->btv", h_BxTxD.astype(dtype), w_DxV, preferred_element_type=jnp.float32
+            )
+        cap = self.config.final_softcap
+        return cap * jnp.tanh(logits / cap) if cap else logits
 
     def token_logprobs(
         self,
