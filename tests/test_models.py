@@ -1,6 +1,8 @@
 """The NNX transformer against HF transformers (torch, float32), the KV cache against the full
 forward, configs, dtypes and partition metadata."""
 
+import warnings
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -223,6 +225,21 @@ def test_gemma3_fields_are_read_or_refused_by_name():
         )
     with pytest.raises(ValueError, match="model_type 'gemma3' is not supported"):
         from_hf_dict(gemma | {"model_type": "gemma3"})  # the multimodal wrapper
+
+
+def test_every_config_key_is_read_neutral_refused_or_reported():
+    for arch in ARCHS:  # what transformers writes for each family: nothing unaccounted for
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            from_hf_dict(ARCHS[arch]().to_dict())
+    raw = ARCHS["llama"]().to_dict()
+    with pytest.warns(UserWarning, match=r"llama config keys not read: \['my_gate'\]"):
+        from_hf_dict(raw | {"my_gate": 2})
+    for key, value in [("num_local_experts", 8), ("use_mrope", True),
+                       ("final_logit_softcapping", 30.0)]:  # fmt: skip
+        with pytest.raises(ValueError, match=f"llama with {key}={value!r} is not supported"):
+            from_hf_dict(raw | {key: value})
+    from_hf_dict(raw | {"use_mrope": False, "final_logit_softcapping": None})  # neutral values
 
 
 def test_older_config_layouts_parse_like_current_ones():
