@@ -65,6 +65,15 @@ def test_a_run_on_a_base_checks_the_base_and_uses_its_sft(tmp_path):
         Pipeline(dataclasses.replace(config, base_run_dir=str(tmp_path / "nothing")))
     with pytest.raises(ValueError, match="this run's own directory"):
         Pipeline(dataclasses.replace(config, base_run_dir=config.run_dir))
+    # A base recorded before a field existed: the field takes its default, the base still fits.
+    recorded = tmp_path / "base" / "pipeline.json"
+    old = json.loads(recorded.read_text())
+    del old["model"]["qk_norm"], old["train"]["sft"]["eval_fraction"]
+    recorded.write_text(json.dumps(old))
+    assert Pipeline(config).artifact("sft") == tmp_path / "base" / "sft" / "artifact"
+    recorded.write_text(json.dumps(old | {"retired_field": 1}))
+    with pytest.raises(ValueError, match=r"pipeline\.json: not a config this version can read"):
+        Pipeline(config)
 
 
 def test_gold_peak_is_the_top_of_the_centred_average():

@@ -41,9 +41,11 @@ import numpy as np
 from rlhf_jax import evaluation as ev
 from rlhf_jax.checkpoint import artifact_exists, read_artifact_meta
 from rlhf_jax.inference import Scorer
+from rlhf_jax.logging import jsonable
 from rlhf_jax.placement import ModelSource, place_model
 from rlhf_jax.synthetic.pipeline import Pipeline, PipelineConfig, PPOStage, Stage
 from rlhf_jax.training import reward as reward_lib
+from rlhf_jax.training.config import build
 from rlhf_jax.training.optimizer import OptimizerConfig
 
 
@@ -170,9 +172,12 @@ class Study:
         now = _arm_fields(self.config)
         path = self.path("study.json")
         if not path.exists():
-            path.write_text(json.dumps(now, indent=2))
+            path.write_text(json.dumps(jsonable(dataclasses.asdict(self.config)), indent=2))
             return
-        saved = json.loads(path.read_text())
+        try:  # fields added to the code since then take their defaults
+            saved = _arm_fields(build(StudyConfig, json.loads(path.read_text())))
+        except ValueError as e:
+            raise ValueError(f"{path}: not a study config this version can read ({e})") from None
         differ = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
         if differ:
             raise ValueError(
@@ -488,8 +493,8 @@ def _plot_curves(path, proxies, kl_tag):
                 label=label,
             )
         ax.axhline(0, color="k", lw=0.5)
-        name = "best-of-n" if form == "bon" else f"RL (PPO, {kl_tag.replace('kl', 'KL coef ')})"
-        ax.set_title(f"{name}: gold (points, fitted solid) and proxy (dashed) gained over SFT")
+        name = "best-of-n" if form == "bon" else f"PPO, KL coef {kl_tag.removeprefix('kl')}"
+        ax.set_title(f"{name}: gold (points; fit solid), raw proxy (dashed) over SFT", fontsize=10)
         ax.set_ylabel("reward gained")
         ax.set_xlabel("d = √KL (nats^½)")
         ax.legend(fontsize=7)

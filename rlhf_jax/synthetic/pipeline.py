@@ -36,6 +36,7 @@ from rlhf_jax.training import dpo as dpo_lib
 from rlhf_jax.training import ppo as ppo_lib
 from rlhf_jax.training import reward as reward_lib
 from rlhf_jax.training import sft as sft_lib
+from rlhf_jax.training.config import build
 from rlhf_jax.training.loop import RunLock
 from rlhf_jax.training.optimizer import OptimizerConfig
 from rlhf_jax.training.phase import Phase, run_phase
@@ -129,6 +130,16 @@ class PipelineConfig:
     console: bool = True  # progress bars
 
 
+def _normalised(recorded: dict, source) -> dict:
+    """A recorded PipelineConfig as today's code would record it: fields added since it was
+    written take their defaults (so that an old run directory stays comparable)."""
+    try:
+        config = build(PipelineConfig, recorded)
+    except ValueError as e:
+        raise ValueError(f"{source}: not a config this version can read ({e})") from None
+    return json.loads(json.dumps(jsonable(dataclasses.asdict(config))))
+
+
 class Pipeline:
     """Runs the phases of ``PipelineConfig`` in order, skipping finished ones."""
 
@@ -192,8 +203,8 @@ class Pipeline:
                 f"base_run_dir={base_run_dir!r} holds no pipeline.json: not a pipeline run "
                 "directory (or one written before runs recorded their config)"
             )
-        saved = json.loads(saved_path.read_text())
-        now = json.loads(json.dumps(jsonable(dataclasses.asdict(self.config))))
+        saved = _normalised(json.loads(saved_path.read_text()), saved_path)
+        now = _normalised(jsonable(dataclasses.asdict(self.config)), saved_path)
         fields = {
             "model": lambda c: c["model"],
             "bucket_lengths": lambda c: c["bucket_lengths"],
