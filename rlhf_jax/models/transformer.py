@@ -1,4 +1,4 @@
-"""One NNX decoder-only transformer family for Llama, Qwen2, Qwen3, Mistral, GPT-2 and GPT-NeoX.
+"""One NNX decoder-only transformer family: Llama, Qwen2/3, Mistral, Gemma 3, GPT-2, GPT-NeoX.
 
 Letters: B batch, T query time, S key time (cache slots), D model width, H query heads,
 KV key/value heads, G = H / KV query heads per KV head, K head width, R rotary width,
@@ -8,6 +8,7 @@ Block (pre-norm; Radford et al. 2019, Touvron et al. 2023):
 
     sequential:  x ← x + Attn(N₁(x));  x ← x + MLP(N₂(x))
     parallel:    x ← x + Attn(N₁(x)) + MLP(N₂(x))           (GPT-NeoX, Black et al. 2022)
+    sandwich:    x ← x + N₂(Attn(N₁(x)));  x ← x + N₄(MLP(N₃(x)))   (Gemma 3)
 
 Attention (RoPE, grouped-query heads, the fused and the cached path): `attention.py`.
 
