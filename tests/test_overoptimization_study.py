@@ -133,7 +133,9 @@ def test_bad_study_configs_name_the_field(tmp_path, changes, match):
         micro(tmp_path, **changes)
 
 
-@pytest.mark.slow  # ~40 min on 2 cores (the study's pretrain and SFT included)
+# ~70 min on 2 cores: the test session's 8 fake CPU devices make each PPO arm about twice as
+# slow as `experiments/overoptimization.py` (38 min for the whole study on one device)
+@pytest.mark.slow
 def test_default_study_fits_gaos_forms(tmp_path):
     """What the README reports of the default study (measured: BoN R² 0.968-0.996; α 0.106 →
     0.393 (w64) and 0.153 → 0.539 (w128) from 250 to 16000 pairs; the w128/16000 proxy's
