@@ -133,8 +133,8 @@ def test_bad_study_configs_name_the_field(tmp_path, changes, match):
         micro(tmp_path, **changes)
 
 
-# ~70 min on 2 cores: the test session's 8 fake CPU devices make each PPO arm about twice as
-# slow as `experiments/overoptimization.py` (38 min for the whole study on one device)
+# ~90 min on 2 cores: under the test session's 8 fake CPU devices a PPO arm took ~5 min, against
+# ~1.5 min in `experiments/overoptimization.py` (38 min for the whole study on one device)
 @pytest.mark.slow
 def test_default_study_fits_gaos_forms(tmp_path):
     """What the README reports of the default study (measured: BoN R² 0.968-0.996; α 0.106 →
