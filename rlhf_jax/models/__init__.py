@@ -31,8 +31,10 @@ T time, D width, V vocabulary.
   `encode_prompts` handle tokenizers and chat templates.
 """
 
-from rlhf_jax.models.config import ModelConfig, RopeScaling, from_hf_dict, to_hf_dict
+from rlhf_jax.models.config import ModelConfig, RopeScaling
 from rlhf_jax.models.heads import POOLINGS, ScalarHead, ScalarModel, at_last_valid, pool_scores
+from rlhf_jax.models.hf_config import from_hf_dict
+from rlhf_jax.models.hf_export import to_hf_dict
 from rlhf_jax.models.hf_io import (
     has_score_head,
     load_config,
@@ -40,6 +42,7 @@ from rlhf_jax.models.hf_io import (
     load_scalar_model,
     save_pretrained,
 )
+from rlhf_jax.models.kv_cache import KVCache
 from rlhf_jax.models.tensor_files import CheckpointError
 from rlhf_jax.models.tokenizer import (
     decode_responses,
@@ -51,7 +54,6 @@ from rlhf_jax.models.tokenizer import (
 from rlhf_jax.models.transformer import (
     LOGICAL_AXES,
     CausalLM,
-    KVCache,
     TokenStats,
     Transformer,
     positions_from_mask,

@@ -55,7 +55,6 @@ from __future__ import annotations
 from functools import partial
 from typing import NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -64,6 +63,7 @@ from jax import lax
 from rlhf_jax.losses.logprobs import entropy_from_logits, sequence_logprobs
 from rlhf_jax.models.attention import Attention, rope_sin_cos
 from rlhf_jax.models.config import LOGPROB_CHUNK_ELEMENTS, ModelConfig
+from rlhf_jax.models.kv_cache import KVCache
 from rlhf_jax.models.layers import MLP, Dense, Norm, is_variable, normal_init, param
 
 LOGICAL_AXES = ("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "positions", "layers")
@@ -126,34 +126,6 @@ class TokenStats(NamedTuple):
     logp_BxN: jax.Array  # log softmax(logits / T)[target], float32
     entropy_BxN: jax.Array | None  # entropy of softmax(logits / T) (with entropy=True)
     correct_BxN: jax.Array | None  # argmax of the logits == target (with accuracy=True)
-
-
-@flax.struct.dataclass
-class KVCache:
-    """Preallocated keys/values for incremental decoding.
-
-    Slot s of every row holds the token fed at call-time index s (prompts are left-padded, so
-    all rows share slot indices); `valid_BxS` marks slots holding real tokens. A call must
-    fit: `end + T ≤ S` (`dynamic_update_slice` would clamp the write, not fail, under jit);
-    `generation.sample` sizes the cache exactly for prompt + response.
-    """
-
-    k: tuple[jax.Array, ...]  # per layer, (B, KV, S, K)
-    v: tuple[jax.Array, ...]  # per layer, (B, KV, S, K)
-    valid_BxS: jax.Array  # bool
-    end: jax.Array  # int32 (): slots [0, end) have been written
-
-    @classmethod
-    def create(cls, config: ModelConfig, batch: int, length: int) -> KVCache:
-        shape = (batch, config.num_kv_heads, length, config.head_dim)
-        dtype = jnp.dtype(config.dtype)
-        layers = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
-        return cls(
-            k=layers,
-            v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
-            valid_BxS=jnp.zeros((batch, length), bool),
-            end=jnp.zeros((), jnp.int32),
-        )
 
 
 class Transformer(nnx.Module):
