@@ -12,6 +12,7 @@ from test_pipeline import ROOT
 
 from rlhf_jax.synthetic import PPOStage
 from rlhf_jax.synthetic import overoptimization as study_lib
+from rlhf_jax.synthetic import overoptimization_report as report_lib
 from rlhf_jax.training.config import build
 
 
@@ -109,12 +110,12 @@ def test_rl_points_average_bins_of_iterations():
             [-0.1, 0.1, 1.0, 3.0, 9.0], [0, 2, 4, 6, 8], [1, 1, 2, 2, 5], strict=True
         )
     ]
-    points = study_lib.rl_points(history, bin_size=2)  # the fifth iteration is left over
+    points = report_lib.rl_points(history, bin_size=2)  # the fifth iteration is left over
     np.testing.assert_allclose(points["kl"], [0.0, 2.0])  # a negative estimate clipped at 0
     np.testing.assert_allclose(points["gold"], [1.0, 5.0])
     np.testing.assert_allclose(points["proxy"], [1.0, 2.0])
     with pytest.raises(ValueError, match="fewer than two bins"):
-        study_lib.rl_points(history, bin_size=3)
+        report_lib.rl_points(history, bin_size=3)
 
 
 @pytest.mark.parametrize(
