@@ -8,10 +8,10 @@ runs every phase on it — where every claim about learning is checked against g
     evaluate.py  the final evaluation: win rates, KL, best-of-n, red team, the report
 """
 
-from rlhf_jax.synthetic.pipeline import (
+from rlhf_jax.synthetic.pipeline import Pipeline
+from rlhf_jax.synthetic.pipeline_config import (
     PHASES,
     EvalConfig,
-    Pipeline,
     PipelineConfig,
     PPOStage,
     PreferenceConfig,

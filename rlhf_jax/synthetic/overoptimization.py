@@ -44,7 +44,8 @@ from rlhf_jax.inference import Scorer
 from rlhf_jax.logging import jsonable
 from rlhf_jax.placement import ModelSource, place_model
 from rlhf_jax.synthetic.overoptimization_report import kl_tag, write_report
-from rlhf_jax.synthetic.pipeline import Pipeline, PipelineConfig, PPOStage, Stage
+from rlhf_jax.synthetic.pipeline import Pipeline
+from rlhf_jax.synthetic.pipeline_config import PipelineConfig, PPOStage, Stage
 from rlhf_jax.training import reward as reward_lib
 from rlhf_jax.training.config import build
 from rlhf_jax.training.optimizer import OptimizerConfig

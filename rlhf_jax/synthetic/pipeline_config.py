@@ -1,0 +1,116 @@
+"""The synthetic pipeline's config: its phases, their schedules (`Stage`, `PPOStage`), the raters'
+sampling, the evaluation, and how a recorded config is read back (`normalised_record`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from rlhf_jax import evaluation as ev
+from rlhf_jax import models
+from rlhf_jax import sharding as sharding_lib
+from rlhf_jax.logging import jsonable
+from rlhf_jax.synthetic import task as task_lib
+from rlhf_jax.training import dpo as dpo_lib
+from rlhf_jax.training import ppo as ppo_lib
+from rlhf_jax.training import reward as reward_lib
+from rlhf_jax.training.config import build
+from rlhf_jax.training.optimizer import OptimizerConfig
+
+PHASES = ("pretrain", "sft", "preferences", "reward", "ppo", "grpo", "dpo", "evaluate")
+# What ``base_run_dir`` supplies: the phases the raters' settings never reach.
+BASE_PHASES = ("pretrain", "sft")
+RATER_FIELDS = ("rater_temperature", "disagreement", "random_label_rate", "length_bias",
+                "agreement_bias")  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Stage:
+    """How long and how fast one supervised phase trains. The pipeline supplies its model,
+    data and run directory; checkpoints every half and metrics every 1/20 of the run."""
+
+    steps: int  # optimizer steps
+    batch_size: int  # sequences (or pairs) per step
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    examples: int = 0  # rows of data generated for the phase (pretrain corpus, demos)
+    eval_fraction: float = 0.0  # share of the phase's data held out for evaluation
+    grad_accum_steps: int = 1  # micro-batches per step
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PPOStage:
+    """How long PPO runs and on what; the algorithm's options are `PipelineConfig.ppo`."""
+
+    iterations: int = 100  # PPO iterations
+    prompts_per_iteration: int = 64  # prompts per iteration (× ppo.samples_per_prompt)
+    prompts: int = 4096  # size of the PPO prompt set (train split of the task)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Training:
+    """Each phase's training schedule."""
+
+    pretrain: Stage
+    sft: Stage
+    reward: Stage
+    dpo: Stage
+    ppo: PPOStage = dataclasses.field(default_factory=PPOStage)
+    grpo: PPOStage = dataclasses.field(default_factory=PPOStage)  # iterations=0: no GRPO run
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PreferenceConfig:
+    prompts: int = 2048  # prompts; two SFT samples each, labelled by the simulated raters
+    temperature: float = 1.0  # sampling temperature of the pairs
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    prompts: int = 200  # held-out prompts
+    samples_per_prompt: int = 4  # samples per prompt and policy (their mean gold is compared)
+    best_of_n: int = 16  # SFT samples per prompt for the best-of-n baseline
+    red_team: tuple[str, ...] = ()  # adversarial prompts (default: the task's hardest cases)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """The pipeline's run. Each phase's options are that phase's own config, whole (the same
+    sections as its script's: ``reward``, ``dpo``, ``ppo``, and ``grpo`` for GRPO on the gold
+    reward); ``train`` holds the schedules."""
+
+    run_dir: str  # everything the run writes
+    # Take pretrain and SFT from this run's directory instead of training them (it must have
+    # run them with the same model, schedules, seed and task but for the raters' settings):
+    # runs that differ only in their raters (the failure-mode scenarios) share one SFT policy
+    base_run_dir: str | None = None
+    task: task_lib.SyntheticTaskConfig = dataclasses.field(
+        default_factory=task_lib.SyntheticTaskConfig
+    )
+    model: models.ModelConfig  # base LM architecture (random init; vocab_size is the task's)
+    bucket_lengths: tuple[int, ...] = (16, 24)  # static sequence lengths for the phases
+    train: Training
+    preferences: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
+    reward: reward_lib.RewardLossConfig = dataclasses.field(
+        default_factory=reward_lib.RewardLossConfig
+    )
+    dpo: dpo_lib.DPOLossConfig = dataclasses.field(default_factory=dpo_lib.DPOLossConfig)
+    ppo: ppo_lib.PPOConfig = dataclasses.field(default_factory=ppo_lib.PPOConfig)
+    # GRPO on the gold reward alone (a verifiable reward), the comparison for RM-based PPO
+    grpo: ppo_lib.PPOConfig = dataclasses.field(
+        default_factory=lambda: ppo_lib.PPOConfig(advantage_estimator="grpo", samples_per_prompt=4)
+    )
+    evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    mesh: sharding_lib.MeshConfig = dataclasses.field(default_factory=sharding_lib.MeshConfig)
+    monitor: ev.MonitorConfig = dataclasses.field(default_factory=ev.MonitorConfig)
+    seed: int = 0  # model init and sampling
+    console: bool = True  # progress bars
+
+
+def normalised_record(recorded: dict, source) -> dict:
+    """A recorded PipelineConfig as today's code would record it: fields added since it was
+    written take their defaults (so that an old run directory stays comparable)."""
+    try:
+        config = build(PipelineConfig, recorded)
+    except ValueError as e:
+        raise ValueError(f"{source}: not a config this version can read ({e})") from None
+    return json.loads(json.dumps(jsonable(dataclasses.asdict(config))))
