@@ -29,7 +29,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from rlhf_jax.logging import jsonable
 from rlhf_jax.models import CheckpointError
@@ -169,8 +172,14 @@ class PhaseCheckpointer:
                 (folder / MANIFEST).write_text(json.dumps(file_checksums(folder), indent=1))
 
     def save(self, step: int, state, data_state: Mapping, *, force: bool = False) -> bool:
-        """Saves when ``step`` is on the save interval (or ``force``); returns whether it did."""
+        """Saves when ``step`` is on the save interval (or ``force``); returns whether it did.
+
+        A state's ``frozen`` arrays (the reference policy, a LoRA run's base weights, the
+        reward model) are not saved: a run rebuilds them from its sources, so a checkpoint
+        holds what training changes (under LoRA: adapters and optimizer state only)."""
         self._seal()
+        if hasattr(state, "frozen"):
+            state = state.replace(frozen=None)
         return self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -194,6 +203,8 @@ class PhaseCheckpointer:
             raise _Damaged(f"{folder}: unreadable ({type(e).__name__}: {e})") from None
         allow = report if self.config.allow_changed_config else None
         check_fingerprint(meta["meta"], self.fingerprint, where=str(folder), allow=allow)
+        if hasattr(abstract_state, "frozen") and not self._saved_frozen(step):
+            abstract_state = abstract_state.replace(frozen=None)  # the caller supplies them
         try:
             restored = self._manager.restore(
                 step,
@@ -206,14 +217,25 @@ class PhaseCheckpointer:
             raise _Damaged(f"{folder}: unreadable ({type(e).__name__}: {e})") from None
         return restored["state"], restored["data"]
 
+    def _saved_frozen(self, step: int) -> bool:
+        """Whether the checkpoint holds the state's frozen arrays (written before they were
+        left out of checkpoints)."""
+        try:
+            tree = self._manager.item_metadata(step)["state"]
+            tree = getattr(tree, "tree", tree)
+            return bool(tree.get("frozen"))
+        except Exception:  # unreadable metadata: the restore below reports the folder
+            return False
+
     def restore(self, abstract_state, step: int | None = None, *, report=print):
         """Restores ``(state, data_state)`` into ``abstract_state``'s shapes and shardings.
 
         ``abstract_state`` is a tree of ``jax.ShapeDtypeStruct`` with ``sharding`` set (e.g.
         ``jax.eval_shape`` of the init, with shardings attached), so every array lands on the
-        devices where the running job expects it. Without ``step``, the newest intact
-        checkpoint: a damaged one (checksum, or unreadable) is reported through ``report``,
-        moved to ``damaged/``, and the one before it tried.
+        devices where the running job expects it. The state's ``frozen`` comes back None
+        (the caller has them; see `save`) unless the checkpoint predates that. Without
+        ``step``, the newest intact checkpoint: a damaged one (checksum, or unreadable) is
+        reported through ``report``, moved to ``damaged/``, and the one before it tried.
         """
         steps = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
         if not steps or steps[0] is None:
@@ -336,3 +358,34 @@ def load_artifact(
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(directory / "params", abstract_params)
     return params, meta
+
+
+def load_per_layer_artifact(directory, target: nnx.State) -> nnx.State:
+    """An artifact saved when each layer had its own parameters (``trunk.layers.<i>.*``, before
+    the layers were stacked for `jax.lax.scan`): each layer restored with its slice's sharding,
+    then stacked into ``target``'s ``layers`` axis."""
+    pure = nnx.to_pure_dict(target)
+    stacked = pure["trunk"]["layers"]
+    count = jax.tree.leaves(stacked)[0].shape[0]
+
+    def layer_target(x):
+        spec = tuple(x.sharding.spec) + (None,) * (len(x.shape) - len(x.sharding.spec))
+        sharding = NamedSharding(x.sharding.mesh, PartitionSpec(*spec[1:]))
+        return jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sharding)
+
+    per_layer = jax.tree.map(layer_target, stacked)
+    saved = {
+        **pure,
+        "trunk": {**pure["trunk"], "layers": {str(i): per_layer for i in range(count)}},
+    }
+    # Saved as variables: each array under a "value" key.
+    restored, _ = load_artifact(directory, jax.tree.map(lambda x: {"value": x}, saved))
+    restored = jax.tree.map(
+        lambda v: v["value"], restored, is_leaf=lambda v: isinstance(v, dict) and "value" in v
+    )
+    layers = [restored["trunk"]["layers"][str(i)] for i in range(count)]
+    restored["trunk"]["layers"] = jax.tree.map(
+        lambda t, *xs: jax.device_put(jnp.stack(xs), t.sharding), stacked, *layers
+    )
+    nnx.replace_by_pure_dict(target, restored)
+    return target

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import pathlib
 from collections.abc import Callable, Mapping
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import models
 from rlhf_jax import sharding as sharding_lib
+from rlhf_jax.models import lora
 
 Head = Literal["lm", "reward", "value"]
 HEADS = ("lm", "reward", "value")
@@ -57,8 +58,13 @@ class ModelSource:
     attention: str | None = None  # "xla" or "cudnn" (GPUs, bfloat16/float16)
     logprob_chunk: int | None = None  # LM-head rows per log-prob chunk (0: automatic)
     scan_unroll: int | None = None  # layers per iteration of the scanned layer loop
+    # Low-rank adapters (`models.lora`): train these on the frozen weights above (None: train
+    # every weight). The artifact then holds the adapters; loading it merges them in.
+    lora: models.LoraConfig | None = None
 
     def __post_init__(self):
+        if isinstance(self.lora, Mapping):  # from a JSON record or a ConfigDict
+            object.__setattr__(self, "lora", models.LoraConfig.from_dict(dict(self.lora)))
         if self.hf_path is not None and self.artifact is not None:
             raise ValueError("model: set one of hf_path and artifact, not both")
         if self.hf_path is None and self.artifact is None and self.init is None:
@@ -136,9 +142,10 @@ def build_module(config: models.ModelConfig, head: Head, seed: int) -> nnx.Modul
     raise ValueError(f"head={head!r}; expected one of {HEADS}")
 
 
-def split_model(model: nnx.Module):
-    """``(graphdef, params, rest)``: the trained Params and any other variables."""
-    return nnx.split(model, nnx.Param, ...)
+def split_model(model: nnx.Module, trainable=nnx.Param):
+    """``(graphdef, params, rest)``: the trained parameters (``trainable``, an nnx filter: every
+    Param, or `lora.trainable`'s adapters) and every other variable."""
+    return nnx.split(model, trainable, ...)
 
 
 def copy_tree(tree):
@@ -177,38 +184,77 @@ def place_module(
     given: Mapping[str, nnx.State] | None = None,
     config: models.ModelConfig | None = None,
     rules=sharding_lib.DEFAULT_RULES,
+    trainable=nnx.Param,
 ) -> PlacedModel:
     """Places ``module_fn()``'s parameters on ``mesh`` by the partition rules.
 
     ``given`` holds top-level parameter subtrees that already exist (loaded weights, e.g.
-    ``{"trunk": ...}`` under a fresh head); they are moved to their shardings and every other
-    parameter is initialised under jit, straight into its sharding.
+    ``{"trunk": ...}`` under a fresh head); they are moved to their shardings (and dtypes) and
+    every other variable is initialised under jit, straight into its sharding. ``trainable``
+    (an nnx filter) picks the parameters the model's phase trains (`lora.trainable` for
+    adapters); every other variable is ``rest``, given weights included.
     """
-    graphdef, abstract, abstract_rest = split_model(nnx.eval_shape(module_fn))
+    graphdef, abstract, abstract_rest = split_model(nnx.eval_shape(module_fn), trainable)
     shardings = sharding_lib.state_shardings(abstract, mesh, rules)
     rest_shardings = sharding_lib.state_shardings(abstract_rest, mesh, rules)
     given = dict(given or {})
-    unknown = sorted(set(given) - set(abstract))
+    top = {*abstract, *abstract_rest}
+    unknown = sorted(set(given) - top)
     if unknown:
-        raise ValueError(f"given parameters {unknown} are not in the model ({sorted(abstract)})")
-    fresh_keys = [k for k in abstract if k not in given]
+        raise ValueError(f"given parameters {unknown} are not in the model ({sorted(top)})")
+    given_flat = {
+        _key((name, *path)): var
+        for name, subtree in given.items()
+        for path, var in nnx.to_flat_state(_as_state(subtree))
+    }
+    flats = [nnx.to_flat_state(abstract), nnx.to_flat_state(abstract_rest)]
+    sh_flats = [dict(nnx.to_flat_state(shardings)), dict(nnx.to_flat_state(rest_shardings))]
+    known = {_key(path) for flat in flats for path, _ in flat}
+    stray = sorted(set(given_flat) - known)
+    if stray:
+        raise ValueError(f"given parameters {stray[:5]} are not in the model")
+    fresh_sh = {
+        _key(path): sh_flat[path].get_value()
+        for flat, sh_flat in zip(flats, sh_flats, strict=True)
+        for path, _ in flat
+        if _key(path) not in given_flat
+    }
 
     def init():
-        _, params, rest = split_model(module_fn())
-        return {k: _raw(params[k]) for k in fresh_keys}, rest
+        _, params, rest = split_model(module_fn(), trainable)
+        return {
+            _key(path): var.get_value()
+            for state in (params, rest)
+            for path, var in nnx.to_flat_state(state)
+            if _key(path) in fresh_sh
+        }
 
-    fresh, rest = jax.jit(
-        init, out_shardings=({k: _raw(shardings[k]) for k in fresh_keys}, rest_shardings)
-    )()
-    placed = {k: jax.device_put(_raw(v), _raw(shardings[k])) for k, v in given.items()}
-    params = nnx.State({k: fresh[k] if k in fresh else placed[k] for k in abstract})
+    fresh = jax.jit(init, out_shardings=fresh_sh)()
+
+    def assemble(flat, sh_flat):
+        leaves = []
+        for path, var in flat:
+            k = _key(path)
+            if k in fresh:
+                value = fresh[k]
+            else:
+                value = given_flat[k]
+                value = value.get_value() if isinstance(value, nnx.Variable) else value
+                dtype = var.get_value().dtype
+                value = jax.device_put(jnp.asarray(value, dtype), sh_flat[path].get_value())
+            leaves.append((path, var.replace(value)))
+        return nnx.from_flat_state(leaves)
+
+    params, rest = (assemble(f, sh) for f, sh in zip(flats, sh_flats, strict=True))
     return PlacedModel(graphdef, params, rest, shardings, rest_shardings, mesh, config)
 
 
-def _raw(subtree):
-    """A State's nested subtree as the plain dicts that ``nnx.split`` nests inside a State, so
-    that a State rebuilt from subtrees has the same pytree structure as the split one."""
-    return subtree.raw_mapping if isinstance(subtree, nnx.State) else subtree
+def _key(path) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def _as_state(subtree) -> nnx.State:
+    return subtree if isinstance(subtree, nnx.State) else nnx.State(subtree)
 
 
 def _artifact_head(meta: Mapping, directory) -> str:
@@ -219,43 +265,70 @@ def _artifact_head(meta: Mapping, directory) -> str:
 
 
 def _load_artifact(directory, module_fn, mesh) -> nnx.State:
+    meta = ckpt_lib.read_artifact_meta(directory)
+    if meta.get("lora") is not None:
+        return _load_adapted_artifact(directory, meta, module_fn, mesh)
     _, abstract, _ = split_model(nnx.eval_shape(module_fn))
     target = abstract_like(abstract, sharding_lib.state_shardings(abstract, mesh))
     if "0" in ckpt_lib.artifact_tree(directory).get("trunk", {}).get("layers", {}):
-        return _load_per_layer_artifact(directory, target)
+        return ckpt_lib.load_per_layer_artifact(directory, target)
     params, _ = ckpt_lib.load_artifact(directory, target)
     return params
 
 
-def _load_per_layer_artifact(directory, target: nnx.State) -> nnx.State:
-    """An artifact saved when each layer had its own parameters (``trunk.layers.<i>.*``, before
-    the layers were stacked for `jax.lax.scan`): each layer restored with its slice's sharding,
-    then stacked into ``target``'s ``layers`` axis."""
-    pure = nnx.to_pure_dict(target)
-    stacked = pure["trunk"]["layers"]
-    count = jax.tree.leaves(stacked)[0].shape[0]
+def adapter_meta(source: ModelSource, seed: int) -> dict:
+    """What an artifact of a LoRA run records besides its adapters: their config and the base
+    they adapt (absolute paths; a random init by its seed), so that loading it finds both."""
+    if source.lora is None:
+        return {}
+    if source.origin == "init":
+        base = {"init": True, "seed": seed}
+    else:
+        key = "hf_path" if source.origin == "hf" else "artifact"
+        base = {key: str(pathlib.Path(getattr(source, key)).expanduser().absolute())}
+    return {"lora": source.lora.to_dict(), "base": base}
 
-    def layer_target(x):
-        spec = tuple(x.sharding.spec) + (None,) * (len(x.shape) - len(x.sharding.spec))
-        sharding = NamedSharding(x.sharding.mesh, PartitionSpec(*spec[1:]))
-        return jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sharding)
 
-    per_layer = jax.tree.map(layer_target, stacked)
-    saved = {
-        **pure,
-        "trunk": {**pure["trunk"], "layers": {str(i): per_layer for i in range(count)}},
-    }
-    # Saved as variables: each array under a "value" key.
-    restored, _ = ckpt_lib.load_artifact(directory, jax.tree.map(lambda x: {"value": x}, saved))
-    restored = jax.tree.map(
-        lambda v: v["value"], restored, is_leaf=lambda v: isinstance(v, dict) and "value" in v
+def _adapted(directory, meta, cfg, head: Head, mesh) -> PlacedModel:
+    """A LoRA run's artifact on the mesh, its adapters (and head) apart from the frozen base
+    they were trained on (recorded in artifact.json; itself possibly a LoRA artifact)."""
+    config = models.LoraConfig.from_dict(meta["lora"])
+    base = dict(meta.get("base") or {})
+    seed = int(base.pop("seed", 0))
+    base.pop("init", None)
+    try:
+        source = ModelSource(**base, init=cfg, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        given = _given_weights(source, cfg, head, seed, mesh, new_head=True)
+    except (OSError, ValueError) as e:
+        raise ckpt_lib.CheckpointError(
+            f"{directory} holds LoRA adapters for the base {meta.get('base')}, which cannot be "
+            f"loaded: {e}"
+        ) from e
+    with_adapters = lambda: lora.add_adapters(build_module(cfg, head, seed), config)
+    placed = place_module(with_adapters, mesh, given=given, config=cfg, trainable=lora.trainable)
+    placed.params, _ = ckpt_lib.load_artifact(
+        directory, abstract_like(placed.params, placed.shardings)
     )
-    layers = [restored["trunk"]["layers"][str(i)] for i in range(count)]
-    restored["trunk"]["layers"] = jax.tree.map(
-        lambda t, *xs: jax.device_put(jnp.stack(xs), t.sharding), stacked, *layers
-    )
-    nnx.replace_by_pure_dict(target, restored)
-    return target
+    return placed
+
+
+def _load_adapted_artifact(directory, meta, module_fn, mesh) -> nnx.State:
+    """A LoRA run's artifact as plain weights: its adapters merged into the base's kernels."""
+    module = nnx.eval_shape(module_fn)
+    head: Head = "lm" if isinstance(module, models.CausalLM) else module.head.kind
+    placed = _adapted(directory, meta, module.config, head, mesh)
+    return split_model(lora.merge_adapters(placed.merged()))[1]
+
+
+def place_adapters(artifact: str, *, mesh) -> tuple[PlacedModel, models.LoraConfig, dict]:
+    """A LoRA run's artifact with its adapters kept apart (for exporting them as a peft
+    adapter): the placed model (``params``: adapters and head), their config, their base."""
+    meta = ckpt_lib.read_artifact_meta(artifact)
+    if meta.get("lora") is None:
+        raise ckpt_lib.CheckpointError(f"{artifact} was trained without LoRA: it has no adapters")
+    cfg = model_config(ModelSource(artifact=artifact))
+    placed = _adapted(artifact, meta, cfg, _artifact_head(meta, artifact), mesh)
+    return placed, models.LoraConfig.from_dict(meta["lora"]), dict(meta["base"])
 
 
 def _given_weights(source: ModelSource, cfg, head: Head, seed: int, mesh, new_head: bool):
@@ -316,6 +389,8 @@ def place_model(
         source = ModelSource(artifact=source)
     cfg = model_config(source)
     given = _given_weights(source, cfg, head, seed, mesh, new_head)
-    return place_module(
-        functools.partial(build_module, cfg, head, seed), mesh, given=given, config=cfg
-    )
+    module_fn, trainable = functools.partial(build_module, cfg, head, seed), nnx.Param
+    if source.lora is not None:  # adapters train; the loaded weights are frozen
+        module_fn = lambda: lora.add_adapters(build_module(cfg, head, seed), source.lora)
+        trainable = lora.trainable
+    return place_module(module_fn, mesh, given=given, config=cfg, trainable=trainable)

@@ -39,6 +39,7 @@ DEFAULT_RULES: Mapping[str, str | None] = {
     "mlp": "tensor",
     "positions": None,
     "layers": None,  # the scanned blocks: each device holds every layer's slice
+    "lora_rank": None,  # an adapter's rank: small, replicated
 }
 
 

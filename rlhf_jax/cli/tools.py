@@ -1,6 +1,7 @@
 """``rlhf-jax export | generate | score | report``: using what training made.
 
     rlhf-jax export   runs/ppo/artifact out/policy [--dtype bfloat16] [--shard-mb 2000]
+                      [--peft out/adapter]   (a LoRA run: its adapters for HF peft, too)
     rlhf-jax generate runs/ppo/artifact --prompt "How do I ..." [--prompts FILE] [--samples 4]
     rlhf-jax score    runs/reward/artifact --data pairs.jsonl [--out scores.jsonl]
     rlhf-jax report   runs/sft runs/reward runs/ppo [--out DIR]
@@ -59,17 +60,26 @@ def _batch(requested: int, rows: int, mesh) -> int:
 
 def export(argv: list[str]) -> int:
     """Writes an artifact as an HF checkpoint (``*ForCausalLM``, or a reward model as
-    ``*ForSequenceClassification``) with its tokenizer, loadable by `transformers`."""
+    ``*ForSequenceClassification``) with its tokenizer, loadable by `transformers`; a LoRA
+    run's with its adapters merged in (and, with --peft, the adapters alone for `peft`)."""
     p = _Parser(prog="rlhf-jax export", description=export.__doc__)
     p.add_argument("model", help="a phase artifact (or an HF checkpoint) directory")
     p.add_argument("out", help="the HF checkpoint directory to write")
     p.add_argument("--dtype", default=None, help="stored dtype (default: the parameters')")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     p.add_argument("--shard-mb", type=int, default=None, help="split into shards of this size")
+    p.add_argument("--peft", default=None, help="a LoRA run's adapters as a peft adapter here")
     args = p.parse_args(argv)
     from rlhf_jax import models
-    from rlhf_jax.placement import place_model
+    from rlhf_jax.models import lora_export
+    from rlhf_jax.placement import place_adapters, place_model
 
+    if args.peft is not None:
+        adapted, config, base = place_adapters(args.model, mesh=_mesh())
+        lora_export.save_peft_adapter(
+            adapted.merged(), args.peft, config=config, base_model=base.get("hf_path")
+        )
+        print(f"[export] LoRA adapters of {args.model} → {args.peft} (peft loads them)")
     source, head = _source(args.model, tokenizer=args.tokenizer)
     tokenizer = models.load_tokenizer(source.tokenizer_path)
     placed = place_model(source, head=head, mesh=_mesh())

@@ -26,6 +26,9 @@ T time, D width, V vocabulary.
   ``layers`` axis on every parameter (`model.trunk.layers`), applied with `jax.lax.scan`.
 - `CausalLM.token_logprobs(h, targets, mask, temperature=, entropy=)` → log-probs (and
   entropies) of the tokens `h` predicts, the LM head run in chunks of rows.
+- `lora.add_adapters(model, LoraConfig(...))` puts low-rank adapters on chosen projections;
+  `lora.trainable` is the filter of what then trains, `lora.switched_off(model)` computes as
+  the base, `lora.merge_adapters(model)` folds them in.
 - `load_pretrained` / `load_scalar_model` / `save_pretrained` read and write HF checkpoint
   directories (config.json + safetensors, sharded or not); `load_tokenizer` and
   `encode_prompts` handle tokenizers and chat templates.
@@ -43,6 +46,7 @@ from rlhf_jax.models.hf_io import (
     save_pretrained,
 )
 from rlhf_jax.models.kv_cache import KVCache
+from rlhf_jax.models.lora import LoraConfig
 from rlhf_jax.models.tensor_files import CheckpointError
 from rlhf_jax.models.tokenizer import (
     decode_responses,
@@ -65,6 +69,7 @@ __all__ = [
     "CausalLM",
     "CheckpointError",
     "KVCache",
+    "LoraConfig",
     "ModelConfig",
     "RopeScaling",
     "ScalarHead",

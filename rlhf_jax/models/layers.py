@@ -61,13 +61,32 @@ class Dense(nnx.Module):
         self.bias = param(rngs, _zeros, tuple(out_shape), out_names, pdt) if use_bias else None
         self.n_in = len(in_shape)
         self.dtype = config.dtype
+        # Low-rank adapters (`lora.add_adapters` sets these; None: a plain projection).
+        self.lora_a, self.lora_b, self.lora_key = nnx.data(None), nnx.data(None), nnx.data(None)
+        self.lora_scale, self.lora_dropout = 0.0, 0.0
+        self.lora_enabled, self.lora_train = True, False
 
     def __call__(self, x):
         dtype = jnp.dtype(self.dtype)
-        y = jnp.tensordot(x.astype(dtype), self.kernel[...].astype(dtype), axes=self.n_in)
+        x = x.astype(dtype)
+        y = jnp.tensordot(x, self.kernel[...].astype(dtype), axes=self.n_in)
+        if self.lora_a is not None and self.lora_enabled:
+            y = y + self._adapter(x)
         if self.bias is not None:
             y = y + _lead(self.bias[...].astype(dtype), y.ndim)
         return y
+
+    def _adapter(self, x):
+        """(α / r)·dropout(x)·A·B (see `lora`)."""
+        dtype = x.dtype
+        if self.lora_train and self.lora_dropout:
+            keep = 1.0 - self.lora_dropout
+            key = jax.random.wrap_key_data(self.lora_key[...])
+            x = jnp.where(jax.random.bernoulli(key, keep, x.shape), x / keep, 0).astype(dtype)
+        xa = jnp.tensordot(x, self.lora_a[...].astype(dtype), axes=self.n_in)
+        return jnp.tensordot(xa, self.lora_b[...].astype(dtype), axes=1) * jnp.asarray(
+            self.lora_scale, dtype
+        )
 
 
 class Norm(nnx.Module):

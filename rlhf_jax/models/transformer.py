@@ -34,6 +34,7 @@ with no rule through unchanged, so give every name a rule, `None` to replicate):
     'mlp'        MLP hidden units (F)
     'positions'  rows of GPT-2's learned position table
     'layers'     the stacked blocks (L)
+    'lora_rank'  the inner width of a low-rank adapter (`lora`)
 
 Masks: attention takes `attn_mask_BxT` (True = real token) and `positions_BxT` separately, so a
 left-padded row gives the same logits at its real tokens as the unpadded sequence does. Rows of
@@ -66,7 +67,9 @@ from rlhf_jax.models.config import LOGPROB_CHUNK_ELEMENTS, ModelConfig
 from rlhf_jax.models.kv_cache import KVCache
 from rlhf_jax.models.layers import MLP, Dense, Norm, is_variable, normal_init, param
 
-LOGICAL_AXES = ("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "positions", "layers")
+LOGICAL_AXES = (
+    "vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "positions", "layers", "lora_rank"
+)  # fmt: skip
 
 _REMAT_POLICIES = {
     "block": jax.checkpoint_policies.nothing_saveable,

@@ -5,7 +5,8 @@ row per pair with the prompt computed once under ``share_prompt``, the default; 
 concatenated on the batch axis). The reference is the initial policy; its log-probs are either
 precomputed in one pass before training (batch keys ``ref_chosen_logp_B`` /
 ``ref_rejected_logp_B``; the reference model is then not kept in memory) or computed in the step
-from frozen reference params (``frozen["extra"]``).
+from frozen reference params (``frozen["extra"]``); under LoRA, from the policy itself with
+its adapters switched off (`lora.switched_off`), so no copy of the weights is kept.
 
 Pair batch keys as in ``reward.py``, plus ``chosen_loss_mask_BxT``/``rejected_loss_mask_BxT``
 marking the response tokens whose log-probs are summed, and optionally the response-window keys
@@ -14,6 +15,7 @@ marking the response tokens whose log-probs are summed, and optionally the respo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
@@ -26,6 +28,7 @@ from jax.experimental import multihost_utils
 from rlhf_jax import data as data_lib
 from rlhf_jax import losses
 from rlhf_jax import sharding as sharding_lib
+from rlhf_jax.models import lora
 from rlhf_jax.training import pairs
 from rlhf_jax.training.phase import Phase, PhaseConfig, PhaseInputs, PhaseParts
 
@@ -58,37 +61,44 @@ class DPOPhaseConfig(PhaseConfig):
     dpo: DPOLossConfig = dataclasses.field(default_factory=DPOLossConfig)
 
 
-def pair_logprobs(graphdef, params, rest, batch, *, share_prompt=False):
+def pair_logprobs(
+    graphdef, params, rest, batch, *, share_prompt=False, adapters=True, dropout_key=None
+):
     """Summed response log-probs and response lengths of chosen and rejected, one forward.
 
     The third value is, with ``share_prompt``, the count of real pairs whose prompts differ
-    (must be 0; 0 when the batch has no window and runs unpacked), else None.
+    (must be 0; 0 when the batch has no window and runs unpacked), else None. ``adapters``
+    False: the base model under LoRA adapters (`lora.switched_off`); ``dropout_key``: their
+    dropout (`lora.with_dropout`).
     """
-    model = nnx.merge(graphdef, params, rest)
+    model = lora.with_dropout(nnx.merge(graphdef, params, rest), dropout_key)
     apply = lambda t, p, a, m: model.hidden_states(
         t, positions_BxT=p, attn_mask_BxT=a, mask_BxTxT=m
     )
-    fwd = pairs.forward(apply, batch, share_prompt=share_prompt)
-    h, targets, mask, lengths = pairs.response_hidden(fwd)
-    seq_logp = jnp.sum(model.token_logprobs(h, targets, mask.astype(bool)).logp_BxN, axis=-1)
+    with lora.switched_off(model) if not adapters else contextlib.nullcontext():
+        fwd = pairs.forward(apply, batch, share_prompt=share_prompt)
+        h, targets, mask, lengths = pairs.response_hidden(fwd)
+        stats = model.token_logprobs(h, targets, mask.astype(bool))
+    seq_logp = jnp.sum(stats.logp_BxN, axis=-1)
     n = batch["chosen_tokens_BxT"].shape[0]
     return (seq_logp[:n], seq_logp[n:]), (lengths[:n], lengths[n:]), fwd.unshared_prompts
 
 
 def reference_logprobs(graphdef, ref_params, rest, batch, *, share_prompt=False):
-    """Reference log-probs of chosen and rejected (no gradient)."""
+    """Reference log-probs of chosen and rejected (no gradient). Under LoRA, ``ref_params``
+    are the trained adapters and the reference is the base they are switched off on."""
     (chosen, rejected), _, _ = pair_logprobs(
-        graphdef, ref_params, rest, batch, share_prompt=share_prompt
+        graphdef, ref_params, rest, batch, share_prompt=share_prompt, adapters=False
     )
     return jax.lax.stop_gradient(chosen), jax.lax.stop_gradient(rejected)
 
 
 def dpo_step_loss(params, frozen, batch, rng, *, graphdef, config: DPOLossConfig):
-    """The DPO-family loss of one batch of pairs; weight = number of real pairs."""
-    del rng
+    """The DPO-family loss of one batch of pairs; weight = number of real pairs. Without
+    ``frozen["extra"]`` an in-step reference is the policy with its LoRA adapters off."""
     mask_B = batch["example_mask_B"]
     (pi_c, pi_r), (len_c, len_r), unshared = pair_logprobs(
-        graphdef, params, frozen["rest"], batch, share_prompt=config.share_prompt
+        graphdef, params, frozen["rest"], batch, share_prompt=config.share_prompt, dropout_key=rng
     )
     if config.loss_type == "simpo":
         loss, metrics = losses.simpo_loss(
@@ -116,8 +126,13 @@ def dpo_step_loss(params, frozen, batch, rng, *, graphdef, config: DPOLossConfig
         if "ref_chosen_logp_B" in batch:
             ref_c, ref_r = batch["ref_chosen_logp_B"], batch["ref_rejected_logp_B"]
         else:
+            ref = frozen.get("extra")
             ref_c, ref_r = reference_logprobs(
-                graphdef, frozen["extra"], frozen["rest"], batch, share_prompt=config.share_prompt
+                graphdef,
+                params if ref is None else ref,
+                frozen["rest"],
+                batch,
+                share_prompt=config.share_prompt,
             )
         loss, metrics = losses.dpo_loss(
             pi_c,
@@ -178,9 +193,11 @@ def setup(inputs: PhaseInputs) -> PhaseParts:
     config: DPOLossConfig = inputs.config.dpo
     loss_fn = functools.partial(dpo_step_loss, graphdef=inputs.model.graphdef, config=config)
     in_step = config.needs_reference and not config.precompute_reference
+    # Under LoRA the reference is the base, the adapters switched off: no copy of the weights.
+    adapted = inputs.config.model.lora is not None
     parts = PhaseParts(
         loss_fn=loss_fn,
-        frozen_extra=inputs.model.params if in_step else None,
+        frozen_extra=inputs.model.params if in_step and not adapted else None,
         fingerprint={"dpo_reference_in_step": in_step},
     )
     if not config.needs_reference or in_step:

@@ -186,9 +186,12 @@ class Run:
         position (handed to ``restore_data``), or ``state`` as given when there is none."""
         if self.checkpointer.latest_step() is None:
             return state, False
-        state, data_state = self.checkpointer.restore(
+        restored, data_state = self.checkpointer.restore(
             abstract_like(state, shardings), report=self.print
         )
+        if hasattr(state, "frozen") and restored.frozen is None:  # not in checkpoints
+            restored = restored.replace(frozen=state.frozen)
+        state = restored
         restore_data(data_state)
         self.print(f"resumed from {self.unit} {int(jax.device_get(state.step))}")
         return state, True

@@ -175,6 +175,8 @@ def run_phase(phase: Phase, config: PhaseConfig, *, stop_after: int | None = Non
         result = {"status": status, "step": int(jax.device_get(state.step)), "state": state}
         if status == "finished":
             meta = {"phase": phase.name, "head": phase.head, **parts.meta}
+            # LoRA: the artifact holds the adapters (and head); the meta names their base.
+            meta.update(placement.adapter_meta(config.model, config.seed))
             meta.update(model=model.config.to_dict(), steps=result["step"])
             meta.update(
                 provenance.record(

@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from rlhf_jax.models import lora
+
 
 def response_hidden(h_BxTxD, batch):
     """(h (B, N, D), targets (B, N), mask (B, N)): the hidden states that predict the response
@@ -25,10 +27,11 @@ def response_hidden(h_BxTxD, batch):
     return h, targets, batch["window_mask_BxW"]
 
 
-def response_logprobs(graphdef, params, rest, batch, **stats):
+def response_logprobs(graphdef, params, rest, batch, *, dropout_key=None, **stats):
     """(`models.TokenStats` (B, N), mask (B, N)): the LM's log-probs of the response tokens
-    (``stats``: `CausalLM.token_logprobs`' options, e.g. ``accuracy=True``)."""
-    model = nnx.merge(graphdef, params, rest)
+    (``stats``: `CausalLM.token_logprobs`' options, e.g. ``accuracy=True``; ``dropout_key``:
+    the adapters' dropout, `lora.with_dropout`)."""
+    model = lora.with_dropout(nnx.merge(graphdef, params, rest), dropout_key)
     h = model.hidden_states(
         batch["tokens_BxT"],
         positions_BxT=batch["positions_BxT"],

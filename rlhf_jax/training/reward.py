@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlhf_jax import losses, models
+from rlhf_jax.models import lora
 from rlhf_jax.training import pairs
 from rlhf_jax.training.phase import Phase, PhaseConfig, PhaseInputs, PhaseParts
 
@@ -46,11 +47,14 @@ class RewardPhaseConfig(PhaseConfig):
     reward: RewardLossConfig = dataclasses.field(default_factory=RewardLossConfig)
 
 
-def pair_scores(graphdef, params, rest, batch, *, pooling="last", share_prompt=False):
+def pair_scores(
+    graphdef, params, rest, batch, *, pooling="last", share_prompt=False, dropout_key=None
+):
     """(chosen_B, rejected_B, extra metrics): the rewards of both sides of each pair, from one
     forward (`pairs.forward`). With ``share_prompt`` the extra metrics hold
-    ``unshared_prompts`` (0 when the batch has no window and runs unpacked)."""
-    model = nnx.merge(graphdef, params, rest)
+    ``unshared_prompts`` (0 when the batch has no window and runs unpacked). ``dropout_key``:
+    the adapters' dropout (`lora.with_dropout`)."""
+    model = lora.with_dropout(nnx.merge(graphdef, params, rest), dropout_key)
     apply = lambda t, p, a, m: model(t, positions_BxT=p, attn_mask_BxT=a, mask_BxTxT=m)
     fwd = pairs.forward(apply, batch, share_prompt=share_prompt)
     if pooling == "last":
@@ -65,7 +69,6 @@ def pair_scores(graphdef, params, rest, batch, *, pooling="last", share_prompt=F
 
 def reward_pair_loss(params, frozen, batch, rng, *, graphdef, config: RewardLossConfig):
     """Bradley–Terry loss of one batch of pairs; weight = number of real pairs."""
-    del rng
     chosen_B, rejected_B, extra = pair_scores(
         graphdef,
         params,
@@ -73,6 +76,7 @@ def reward_pair_loss(params, frozen, batch, rng, *, graphdef, config: RewardLoss
         batch,
         pooling=config.pooling,
         share_prompt=config.share_prompt,
+        dropout_key=rng,
     )
     mask_B = batch["example_mask_B"]
     loss, metrics = losses.bradley_terry_loss(
@@ -96,10 +100,9 @@ def reward_pair_loss(params, frozen, batch, rng, *, graphdef, config: RewardLoss
 
 def reward_ranking_loss(params, frozen, batch, rng, *, graphdef, config: RewardLossConfig):
     """K-wise ranking loss; weight = number of prompts with at least one ranked pair."""
-    del rng
     b, k, t = batch["tokens_BxKxT"].shape
     flat = lambda x: x.reshape(b * k, t)
-    model = nnx.merge(graphdef, params, frozen["rest"])
+    model = lora.with_dropout(nnx.merge(graphdef, params, frozen["rest"]), rng)
     scores = model.score(
         flat(batch["tokens_BxKxT"]),
         positions_BxT=flat(batch["positions_BxKxT"]),

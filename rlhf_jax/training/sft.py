@@ -26,8 +26,10 @@ from rlhf_jax.training.responses import response_logprobs
 
 def sft_loss(params, frozen, batch, rng, *, graphdef):
     """Mean token NLL over response tokens; weight = number of those tokens."""
-    del rng  # no dropout: RLHF fine-tuning runs deterministic forwards
-    stats, mask = response_logprobs(graphdef, params, frozen["rest"], batch, accuracy=True)
+    # The only randomness: LoRA adapters' dropout, when configured (`lora.with_dropout`).
+    stats, mask = response_logprobs(
+        graphdef, params, frozen["rest"], batch, accuracy=True, dropout_key=rng
+    )
     count = jnp.sum(mask, dtype=jnp.float32)
     nll = -jnp.sum(stats.logp_BxN) / jnp.maximum(count, 1.0)
     correct = stats.correct_BxN

@@ -21,7 +21,7 @@ from flax import nnx
 
 from rlhf_jax import losses, rewards
 from rlhf_jax.generation import SamplingConfig, sample
-from rlhf_jax.models import positions_from_mask
+from rlhf_jax.models import lora, positions_from_mask
 from rlhf_jax.training.ppo.config import PPOConfig, PPOState, Statics
 
 
@@ -203,9 +203,13 @@ def score(
     response, mask = episodes["response_BxN"], episodes["response_mask_BxN"]
     n, t = response.shape[1], config.temperature
     policy = nnx.merge(statics.policy, state.policy, state.frozen["policy_rest"])
-    reference = nnx.merge(statics.policy, state.frozen["reference"], state.frozen["policy_rest"])
     logp, entropy, hidden = lm_logprobs(policy, tokens, attn, response, mask, t, entropy=True)
-    ref_logp, _, _ = lm_logprobs(reference, tokens, attn, response, mask, t, entropy=False)
+    if state.frozen["reference"] is None:  # LoRA: the base, the adapters switched off
+        with lora.switched_off(policy):
+            ref_logp, _, _ = lm_logprobs(policy, tokens, attn, response, mask, t, entropy=False)
+    else:
+        ref = nnx.merge(statics.policy, state.frozen["reference"], state.frozen["policy_rest"])
+        ref_logp, _, _ = lm_logprobs(ref, tokens, attn, response, mask, t, entropy=False)
 
     combined, raw, parts = combined_scores(state, episodes, host_scores_B, statics=statics)
     eos_B = has_eos(response, mask, statics.eos_ids)

@@ -30,7 +30,7 @@ from rlhf_jax import provenance, rewards
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.evaluation.monitors import HackingMonitor, MonitorConfig
 from rlhf_jax.logging import jsonable, to_floats
-from rlhf_jax.placement import ModelSource
+from rlhf_jax.placement import ModelSource, adapter_meta
 from rlhf_jax.training.loop import Run
 from rlhf_jax.training.optimizer import make_schedule
 from rlhf_jax.training.ppo import sampling
@@ -292,6 +292,7 @@ def run_ppo(
         iterations_done = int(jax.device_get(state.step))
         if status == "finished":
             meta = {"phase": "ppo", "head": "lm", "model": policy_cfg.to_dict()}
+            meta.update(adapter_meta(config.policy, config.seed))
             meta.update(
                 provenance.record(
                     config=config, sources={"policy": config.policy, "reward": config.reward},

@@ -16,6 +16,7 @@ from flax import nnx
 from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import losses, models, rewards
 from rlhf_jax import sharding as sharding_lib
+from rlhf_jax.models import lora
 from rlhf_jax.placement import (
     check_same_tokenizer,
     check_tokenizer,
@@ -82,7 +83,9 @@ def monitor_features(config, extra=()) -> tuple[rewards.RewardFunction, ...]:
 
 def _critic(config, policy, reward, mesh):
     """The critic on the mesh (None without one): a value head on the policy's trunk, or a
-    scalar model whose trunk is a copy of the reward model's or the policy's."""
+    scalar model whose trunk is a copy of the reward model's or the policy's. With a LoRA
+    policy the critic takes LoRA too (its own adapters and head on a frozen copy of that
+    trunk)."""
     ppo, seed = config.ppo, config.seed
     if ppo.shared_value_head:
         head = lambda: models.ScalarHead(policy.config, kind="value", rngs=nnx.Rngs(seed))
@@ -90,11 +93,23 @@ def _critic(config, policy, reward, mesh):
     if not ppo.uses_critic:
         return None
     source = reward if ppo.value_init == "reward" else policy
+    adapters = config.policy.lora
     critic = lambda: models.ScalarModel(source.config, kind="value", rngs=nnx.Rngs(seed))
     # The value head starts at zero (Huang et al. 2024); the trunk is the source's, copied
     # since the critic trains and the source does not.
-    trunk = copy_tree(source.params["trunk"])
-    return place_module(critic, mesh, given={"trunk": trunk}, config=source.config)
+    weights = source.params
+    if adapters is not None and source is policy:  # the policy's base (its adapters are new)
+        weights = policy.rest
+    trunk = copy_tree(weights["trunk"])
+    if adapters is None:
+        return place_module(critic, mesh, given={"trunk": trunk}, config=source.config)
+    return place_module(
+        lambda: lora.add_adapters(critic(), adapters),
+        mesh,
+        given={"trunk": trunk},
+        config=source.config,
+        trainable=lora.trainable,
+    )
 
 
 def _or_none(model, field):
@@ -138,7 +153,8 @@ def init_ppo_state(config, mesh, *, reward_functions=()):
         critic=_or_none(critic, "params"),
         critic_opt=critic_opt,
         frozen={
-            "reference": copy_tree(policy.params),
+            # Under LoRA the reference is the policy with its adapters off: no copy.
+            "reference": None if config.policy.lora else copy_tree(policy.params),
             "policy_rest": policy.rest,
             "reward": _or_none(reward, "params"),
             "reward_rest": _or_none(reward, "rest"),
@@ -157,7 +173,7 @@ def init_ppo_state(config, mesh, *, reward_functions=()):
         critic=_or_none(critic, "shardings"),
         critic_opt=critic_opt_sh,
         frozen={
-            "reference": policy.shardings,
+            "reference": None if config.policy.lora else policy.shardings,
             "policy_rest": policy.rest_shardings,
             "reward": _or_none(reward, "shardings"),
             "reward_rest": _or_none(reward, "rest_shardings"),
