@@ -52,8 +52,12 @@ if PROFILE_NAME not in PROFILES:
 PROFILE = PROFILES[PROFILE_NAME]
 # Our model's accelerator options for a run (ModelConfig.remat / attention / logprob_chunk /
 # scan_unroll), from RLHF_BENCH_MODEL="remat=block,attention=cudnn" (the driver sets it for its
-# workers; peers ignore it). Empty: the ModelConfig defaults.
-MODEL_FIELDS = {"remat": str, "attention": str, "logprob_chunk": int, "scan_unroll": int}
+# workers; peers ignore it). Empty: the ModelConfig defaults. ``lora=R`` trains rank-R adapters
+# (α = 2R) on every projection over frozen weights instead (ours only).
+MODEL_FIELDS = {
+    "remat": str, "attention": str, "logprob_chunk": int, "scan_unroll": int, "lora": int
+}  # fmt: skip
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 def parse_model_options(text: str) -> dict:
@@ -67,6 +71,9 @@ def parse_model_options(text: str) -> dict:
                 f"{sorted(MODEL_FIELDS)}"
             )
         options[name] = MODEL_FIELDS[name](value)
+    if "lora" in options:  # a ModelSource's lora field
+        rank = options["lora"]
+        options["lora"] = {"rank": rank, "alpha": 2.0 * rank, "targets": LORA_TARGETS}
     return options
 
 

@@ -18,7 +18,11 @@ cost), ``sft``, ``reward``, ``dpo`` (packed pairs with their prompt shared, the 
 default; DPO with its reference in the step), ``ppo_rollout``, ``ppo_score``, ``ppo_update``
 (the three programs of a PPO iteration; policy, reference, reward model and a critic started
 from the reward model, as the side-by-side PPO row). ``--set field=value`` overrides model
-config fields (e.g. ``remat=block``).
+config fields (e.g. ``remat=block``). ``--lora R`` trains rank-R adapters on every projection
+(q, k, v, o, gate, up, down) over the frozen weights instead, with the reference (DPO, PPO) the
+base with its adapters off and the critic's adapters on a frozen copy of its trunk:
+
+    .venv/bin/python benchmarks/memory.py --steps sft,dpo,ppo_update --lora 16
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from rlhf_jax.training.optimizer import OptimizerConfig, make_optimizer
 
 STEPS = ("trunk", "sft", "reward", "dpo", "ppo_rollout", "ppo_score", "ppo_update")
 TRUNK_BATCH, TRUNK_LEN = 16, 512  # the trunk step's rows: the issue's 16 × 512
+LORA: models.LoraConfig | None = None  # --lora: adapters on every projection
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 def model_config(p: dict, overrides: dict) -> models.ModelConfig:
@@ -72,7 +78,7 @@ def model_config(p: dict, overrides: dict) -> models.ModelConfig:
 
 def _source(cfg) -> ModelSource:
     """A random init of ``cfg``, its dtypes and step settings as they are."""
-    return ModelSource(init=cfg, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    return ModelSource(init=cfg, dtype=cfg.dtype, param_dtype=cfg.param_dtype, lora=LORA)
 
 
 def _spec(tree):
@@ -111,7 +117,7 @@ def _train_step(cfg, head, loss_fn, batch, *, reference=False):
     def build():
         model = place_model(_source(cfg), head=head, mesh=mesh)
         state, shardings = state_lib.init_train_state(
-            model, tx, seed=0, frozen_extra=model.params if reference else None
+            model, tx, seed=0, frozen_extra=model.params if reference and LORA is None else None
         )
         held.update(graphdef=model.graphdef, shardings=shardings)
         return state
@@ -159,8 +165,9 @@ def _ppo(cfg, p, which: str):
     with tempfile.TemporaryDirectory() as tok_dir:
         _word_tokenizer(tok_dir)
         source = dataclasses.replace(_source(cfg), tokenizer=tok_dir)
+        frozen = dataclasses.replace(source, lora=None)  # the reward model does not train
         config = ppo_lib.PPORunConfig(
-            run_dir=os.path.join(tok_dir, "run"), policy=source, reward=source,
+            run_dir=os.path.join(tok_dir, "run"), policy=source, reward=frozen,
             prompts="(unused)", prompt_length=p["ppo_prompt"],
             prompts_per_iteration=p["ppo_batch"], ppo=ppo, mesh=sharding.MeshConfig(num_devices=1),
         )  # fmt: skip
@@ -294,7 +301,11 @@ def main():
     parser.add_argument("--layers", help="comma-separated layer counts (default: the profile's)")
     parser.add_argument("--set", action="append", default=[], help="model config field=value")
     parser.add_argument("--json", help="write the rows here as JSON")
+    parser.add_argument("--lora", type=int, default=0, help="train rank-R adapters (0: off)")
     args = parser.parse_args()
+    global LORA
+    if args.lora:
+        LORA = models.LoraConfig(rank=args.lora, alpha=2.0 * args.lora, targets=LORA_TARGETS)
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -319,7 +330,8 @@ def main():
                     row = measure(step, cfg, p)
                 except Exception as e:  # a failed step is a row, not the end of the report
                     row = {"step": step, "layers": layers, "error": f"{type(e).__name__}: {e}"}
-                row |= {"profile": name, "settings": overrides}
+                settings = overrides | ({"lora": args.lora} if args.lora else {})
+                row |= {"profile": name, "settings": settings}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(table(rows))

@@ -37,6 +37,9 @@ from rlhf_jax.training import ppo as ppo_lib
 from rlhf_jax.training import state as state_lib
 from rlhf_jax.training.optimizer import OptimizerConfig, make_optimizer
 
+LORA = "lora" in bc.MODEL_OPTIONS
+FROZEN_OPTIONS = {k: v for k, v in bc.MODEL_OPTIONS.items() if k != "lora"}  # the reward model
+
 
 def _mesh():
     return sharding.make_mesh(sharding.MeshConfig(num_devices=1))
@@ -80,8 +83,8 @@ def _train_step_server(model, loss_fn, batch, warmup, *, reference=False):
     opt = OptimizerConfig(learning_rate=bc.LEARNING_RATE, max_grad_norm=1.0)
     tx = make_optimizer(opt, total_steps=1000)
     state, shardings = state_lib.init_train_state(
-        model, tx, seed=0, frozen_extra=model.params if reference else None
-    )
+        model, tx, seed=0, frozen_extra=model.params if reference and not LORA else None
+    )  # under LoRA the reference is the base, its adapters off
     step = state_lib.jit_train_step(
         functools.partial(loss_fn, graphdef=model.graphdef), tx, shardings, mesh
     )
@@ -152,7 +155,7 @@ def run_ppo(art, warmup, *, fused=False):
         config = ppo_lib.PPORunConfig(
             run_dir=run_dir,
             policy=ModelSource(hf_path=os.path.join(art, "lm"), dtype=bc.DTYPE, **bc.MODEL_OPTIONS),
-            reward=ModelSource(hf_path=os.path.join(art, "rm"), dtype=bc.DTYPE, **bc.MODEL_OPTIONS),
+            reward=ModelSource(hf_path=os.path.join(art, "rm"), dtype=bc.DTYPE, **FROZEN_OPTIONS),
             prompts="(unused)",
             prompt_length=bc.PPO_PROMPT,
             prompts_per_iteration=bc.PPO_BATCH,

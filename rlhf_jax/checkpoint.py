@@ -220,12 +220,7 @@ class PhaseCheckpointer:
     def _saved_frozen(self, step: int) -> bool:
         """Whether the checkpoint holds the state's frozen arrays (written before they were
         left out of checkpoints)."""
-        try:
-            tree = self._manager.item_metadata(step)["state"]
-            tree = getattr(tree, "tree", tree)
-            return bool(tree.get("frozen"))
-        except Exception:  # unreadable metadata: the restore below reports the folder
-            return False
+        return bool(saved_state_tree(self._step_dir(step)).get("frozen"))
 
     def restore(self, abstract_state, step: int | None = None, *, report=print):
         """Restores ``(state, data_state)`` into ``abstract_state``'s shapes and shardings.
@@ -270,6 +265,16 @@ class PhaseCheckpointer:
     def close(self) -> None:
         self._seal()
         self._manager.close()
+
+
+def saved_state_tree(step_dir: str | pathlib.Path) -> dict:
+    """The nested names of a checkpoint's saved train state (each leaf: its array's metadata;
+    {} when unreadable, which the restore then reports)."""
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            return dict(ckptr.metadata(pathlib.Path(step_dir) / "state").item_metadata.tree)
+    except Exception:
+        return {}
 
 
 class _Damaged(Exception):

@@ -58,9 +58,11 @@ class ModelSource:
     attention: str | None = None  # "xla" or "cudnn" (GPUs, bfloat16/float16)
     logprob_chunk: int | None = None  # LM-head rows per log-prob chunk (0: automatic)
     scan_unroll: int | None = None  # layers per iteration of the scanned layer loop
-    # Low-rank adapters (`models.lora`): train these on the frozen weights above (None: train
-    # every weight). The artifact then holds the adapters; loading it merges them in.
-    lora: models.LoraConfig | None = None
+    # Low-rank adapters (`models.lora`): train these on the frozen weights above (rank 0 or
+    # None: train every weight). The artifact then holds the adapters; loading it merges them.
+    lora: models.LoraConfig | None = dataclasses.field(
+        default_factory=lambda: models.LoraConfig(rank=0)
+    )
 
     def __post_init__(self):
         if isinstance(self.lora, Mapping):  # from a JSON record or a ConfigDict
@@ -69,6 +71,11 @@ class ModelSource:
             raise ValueError("model: set one of hf_path and artifact, not both")
         if self.hf_path is None and self.artifact is None and self.init is None:
             raise ValueError("model: set hf_path, artifact, or init (a random initialisation)")
+
+    @property
+    def adapters(self) -> models.LoraConfig | None:
+        """The LoRA config when adapters are on (rank > 0), else None."""
+        return self.lora if self.lora is not None and self.lora.rank > 0 else None
 
     @property
     def origin(self) -> Literal["hf", "artifact", "init"]:
@@ -279,14 +286,14 @@ def _load_artifact(directory, module_fn, mesh) -> nnx.State:
 def adapter_meta(source: ModelSource, seed: int) -> dict:
     """What an artifact of a LoRA run records besides its adapters: their config and the base
     they adapt (absolute paths; a random init by its seed), so that loading it finds both."""
-    if source.lora is None:
+    if source.adapters is None:
         return {}
     if source.origin == "init":
         base = {"init": True, "seed": seed}
     else:
         key = "hf_path" if source.origin == "hf" else "artifact"
         base = {key: str(pathlib.Path(getattr(source, key)).expanduser().absolute())}
-    return {"lora": source.lora.to_dict(), "base": base}
+    return {"lora": source.adapters.to_dict(), "base": base}
 
 
 def _adapted(directory, meta, cfg, head: Head, mesh) -> PlacedModel:
@@ -390,7 +397,7 @@ def place_model(
     cfg = model_config(source)
     given = _given_weights(source, cfg, head, seed, mesh, new_head)
     module_fn, trainable = functools.partial(build_module, cfg, head, seed), nnx.Param
-    if source.lora is not None:  # adapters train; the loaded weights are frozen
-        module_fn = lambda: lora.add_adapters(build_module(cfg, head, seed), source.lora)
+    if source.adapters is not None:  # adapters train; the loaded weights are frozen
+        module_fn = lambda: lora.add_adapters(build_module(cfg, head, seed), source.adapters)
         trainable = lora.trainable
     return place_module(module_fn, mesh, given=given, config=cfg, trainable=trainable)

@@ -141,7 +141,9 @@ def test_base_dtype_stores_the_frozen_base_low():
 
 def test_bad_configs_are_named():
     with pytest.raises(ValueError, match=r"lora\.rank"):
-        lora.LoraConfig(rank=0)
+        lora.LoraConfig(rank=-1)
+    with pytest.raises(ValueError, match="positive rank"):
+        _adapted_lm(rank=0)
     with pytest.raises(ValueError, match=r"lora\.dropout"):
         lora.LoraConfig(dropout=1.0)
     with pytest.raises(ValueError, match="match no projection"):

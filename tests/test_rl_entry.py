@@ -136,3 +136,44 @@ def test_the_train_ppo_script_runs_grpo_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "[ppo] finished 2 iterations" in proc.stdout
     assert (tmp_path / "artifact" / "artifact.json").is_file()
+
+
+def test_ppo_with_lora_references_the_base_and_exports_merged_and_peft(user_files, tmp_path):
+    """PPO on a user's HF checkpoint with LoRA on policy and critic: the reference is the base
+    (adapters off, no copy), only adapters and the value head train, a resumed run equals the
+    uninterrupted one, and the artifact exports merged (transformers) and as a peft adapter."""
+    import torch
+    from peft import PeftModel
+
+    from rlhf_jax.cli import tools
+
+    c = _users_config(user_files, tmp_path / "full")
+    c.policy.lora = {"rank": 4, "alpha": 8.0, "targets": ("q", "v", "o", "up")}
+    config = build(PPORunConfig, c.to_dict())
+    assert config.policy.lora.rank == 4 and config.ppo.uses_critic
+    full = run_ppo(config)
+    state = full["state"]
+    assert state.frozen["reference"] is None
+    kinds = lambda tree: {type(v).__name__ for _, v in nnx.to_flat_state(tree)}
+    assert kinds(state.policy) == {"LoraParam"}
+    assert kinds(state.critic["trunk"]) == {"LoraParam"} and kinds(state.critic["head"]) == {
+        "Param"
+    }
+    assert any(float(np.abs(np.asarray(x)).max()) > 0 for x in jax.tree.leaves(state.policy))
+    assert full["history"][0]["objective/kl"] == pytest.approx(0.0, abs=1e-6)  # π = π_ref first
+    cut = dataclasses.replace(config, run_dir=str(tmp_path / "cut"))
+    assert run_ppo(cut, stop_after=1)["status"] == "interrupted"
+    second = run_ppo(cut)
+    for a, b in zip(
+        jax.tree.leaves(full["state"].policy), jax.tree.leaves(second["state"].policy), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    artifact = str(tmp_path / "full" / "artifact")
+    tools.export([artifact, str(tmp_path / "merged"), "--peft", str(tmp_path / "adapter")])
+    tokens = np.array([[5, 9, 11, 14, 20, 7]], np.int64)
+    with torch.no_grad():
+        merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+        base = transformers.AutoModelForCausalLM.from_pretrained(user_files / "policy")
+        peft = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+        want, got = merged(torch.from_numpy(tokens)).logits, peft(torch.from_numpy(tokens)).logits
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)

@@ -7,11 +7,12 @@ import jax
 import numpy as np
 import pytest
 from data_testing import VOCAB, make_tokenizer, write_jsonl
+from flax import nnx
 from training_testing import TINY
 
 from rlhf_jax import checkpoint as ckpt_lib
 from rlhf_jax import data as data_lib
-from rlhf_jax import sharding
+from rlhf_jax import placement, sharding
 from rlhf_jax.placement import ModelSource
 from rlhf_jax.training import dpo, reward, sft
 from rlhf_jax.training.optimizer import OptimizerConfig
@@ -212,3 +213,138 @@ def test_missing_artifact_is_a_clear_error(workdir):
 
 
 del functools
+
+
+# --- LoRA: every offline phase on adapters over a frozen base ----------------------------------
+
+LORA = {"rank": 4, "alpha": 8.0, "targets": ("q", "k", "v", "o", "gate", "up", "down")}
+
+
+def _leaf_kinds(state):
+    return {type(v).__name__ for _, v in nnx.to_flat_state(state)}
+
+
+def test_lora_sft_trains_adapters_only_checkpoints_them_and_resumes_exactly(workdir, sft_run):
+    tok = str(workdir / "tokenizer")
+    base = ModelSource(artifact=str(workdir / "sft" / "artifact"), tokenizer=tok)
+    source = dataclasses.replace(base, lora={**LORA, "dropout": 0.1})
+    full = run_phase(PHASES["sft"], _config(workdir, "lora_full", "sft", steps=6, model=source))
+    cut = _config(workdir, "lora_cut", "sft", steps=6, model=source)
+    assert run_phase(PHASES["sft"], cut, stop_after=3)["status"] == "interrupted"
+    second = run_phase(PHASES["sft"], cut)
+    for a, b in zip(
+        jax.tree.leaves(full["state"].params), jax.tree.leaves(second["state"].params), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    state = full["state"]
+    assert _leaf_kinds(state.params) == {"LoraParam"}
+    # The base did not move: the frozen weights are the SFT artifact's.
+    sft_params = sft_run["state"].params
+    for path, var in nnx.to_flat_state(state.frozen["rest"]):
+        if type(var).__name__ == "Param":
+            want = dict(nnx.to_flat_state(sft_params))[path].get_value()
+            np.testing.assert_array_equal(np.asarray(var.get_value()), np.asarray(want))
+    # Checkpoints and the artifact hold adapters (and optimizer state), never the base.
+    saved = ckpt_lib.saved_state_tree(workdir / "lora_full" / "checkpoints" / "6")
+    assert saved["frozen"] is None
+    names = {k for k, _ in jax.tree_util.tree_flatten_with_path(saved["params"])[0]}
+    assert names and all("lora_" in jax.tree_util.keystr(k) for k in names)
+    tree = ckpt_lib.artifact_tree(workdir / "lora_full" / "artifact")
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    assert leaves and all("lora_" in jax.tree_util.keystr(k) for k, _ in leaves)
+    # Loading the artifact merges the adapters: the same logits as the adapted model.
+    mesh = sharding.make_mesh(sharding.MeshConfig(num_devices=1))
+    merged = placement.place_model(
+        ModelSource(artifact=str(workdir / "lora_full" / "artifact"), tokenizer=tok),
+        head="lm", mesh=mesh,
+    )  # fmt: skip
+    adapted = nnx.merge(placement_graphdef(source, mesh), state.params, state.frozen["rest"])
+    tokens = np.arange(1, 13, dtype=np.int32).reshape(2, 6) % MODEL.vocab_size
+    kw = dict(positions_BxT=np.tile(np.arange(6), (2, 1)), attn_mask_BxT=np.ones((2, 6), bool))
+    np.testing.assert_allclose(
+        np.asarray(merged.merged()(tokens, **kw)), np.asarray(adapted(tokens, **kw)),
+        rtol=1e-5, atol=1e-5,
+    )  # fmt: skip
+    assert ckpt_lib.read_artifact_meta(workdir / "lora_full" / "artifact")["base"] == {
+        "artifact": str((workdir / "sft" / "artifact").absolute())
+    }
+
+
+def placement_graphdef(source, mesh):
+    return placement.place_model(source, head="lm", mesh=mesh).graphdef
+
+
+def test_lora_reward_model_trains_adapters_and_head(workdir, sft_run):
+    source = ModelSource(
+        artifact=str(workdir / "sft" / "artifact"), tokenizer=str(workdir / "tokenizer"),
+        lora=LORA,
+    )  # fmt: skip
+    result = run_phase(
+        PHASES["reward"],
+        _config(workdir, "lora_rm", "reward", steps=25, model=source, data="prefs.jsonl"),
+    )
+    assert result["eval"]["accuracy"] > 0.9, result["eval"]
+    params = result["state"].params
+    assert _leaf_kinds(params["trunk"]) == {"LoraParam"} and _leaf_kinds(params["head"]) == {
+        "Param"
+    }
+    # A LoRA reward artifact loads (merged) as PPO's reward model would.
+    mesh = sharding.make_mesh(sharding.MeshConfig(num_devices=1))
+    rm = placement.place_model(str(workdir / "lora_rm" / "artifact"), head="reward", mesh=mesh)
+    assert _leaf_kinds(rm.params) == {"Param"}
+
+
+@pytest.mark.parametrize("precompute", [True, False])
+def test_lora_dpo_on_a_lora_sft_artifact(workdir, sft_run, precompute):
+    """DPO with adapters over the merged LoRA-SFT model; its reference is that model, by
+    switching the adapters off (in the step) or precomputed."""
+    tok = str(workdir / "tokenizer")
+    lora_sft = workdir / "lora_sft_for_dpo"
+    if not ckpt_lib.artifact_exists(lora_sft / "artifact"):
+        sft_source = ModelSource(artifact=str(workdir / "sft" / "artifact"), tokenizer=tok,
+                                 lora=LORA)  # fmt: skip
+        run_phase(PHASES["sft"], _config(workdir, lora_sft.name, "sft", steps=4, model=sft_source))
+    source = ModelSource(artifact=str(lora_sft / "artifact"), tokenizer=tok, lora=LORA)
+    name = f"lora_dpo_{precompute}"
+    config = _config(
+        workdir, name, "dpo", steps=20, model=source, data="prefs.jsonl",
+        dpo=dpo.DPOLossConfig(beta=0.1, precompute_reference=precompute),
+    )  # fmt: skip
+    result = run_phase(PHASES["dpo"], config)
+    first = next(m for m in _metrics(workdir, name) if "loss" in m)
+    np.testing.assert_allclose(first["loss"], np.log(2.0), rtol=0.05)
+    assert result["eval"]["rewards/accuracies"] > 0.9, result["eval"]
+    assert "extra" not in result["state"].frozen  # no copy of the weights for the reference
+
+
+def test_a_checkpoint_that_holds_the_frozen_arrays_still_resumes(workdir, monkeypatch):
+    """Checkpoints written before frozen arrays were left out of them resume exactly."""
+    import orbax.checkpoint as ocp
+
+    from rlhf_jax.logging import jsonable
+
+    def save_everything(self, step, state, data_state, *, force=False):
+        self.wait()
+        return self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(jsonable(data_state)),
+                meta=ocp.args.JsonSave(self.fingerprint),
+            ),
+            force=force,
+        )
+
+    config = _config(workdir, "old_layout", "dpo", steps=6, data="prefs.jsonl",
+                     dpo=dpo.DPOLossConfig(precompute_reference=False))  # fmt: skip
+    with monkeypatch.context() as m:
+        m.setattr(ckpt_lib.PhaseCheckpointer, "save", save_everything)
+        assert run_phase(PHASES["dpo"], config, stop_after=3)["status"] == "interrupted"
+    saved = ckpt_lib.saved_state_tree(workdir / "old_layout" / "checkpoints" / "3")
+    assert saved["frozen"]["extra"]  # the old layout: the reference is in the checkpoint
+    resumed = run_phase(PHASES["dpo"], config)
+    full = run_phase(PHASES["dpo"], dataclasses.replace(config, run_dir=str(workdir / "new")))
+    for a, b in zip(
+        jax.tree.leaves(full["state"].params), jax.tree.leaves(resumed["state"].params), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -48,7 +48,7 @@ PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down", "fc", "proj")
 class LoraConfig:
     """Which projections get adapters, and their shape."""
 
-    rank: int = 8  # r: the adapters' inner width
+    rank: int = 8  # r: the adapters' inner width (0: no adapters, where a source allows it)
     alpha: float = 16.0  # α: the update is scaled by α / r (α / √r with rslora)
     dropout: float = 0.0  # dropout on the adapters' input, in training steps only
     # Projection names or regular expressions over dotted module paths (see the module doc).
@@ -58,8 +58,8 @@ class LoraConfig:
     seed: int = 0  # the draw of A
 
     def __post_init__(self):
-        if self.rank < 1:
-            raise ValueError(f"lora.rank={self.rank}; expected a positive rank")
+        if self.rank < 0:
+            raise ValueError(f"lora.rank={self.rank}; expected a positive rank (0: off)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"lora.dropout={self.dropout}; expected a rate in [0, 1)")
         if not self.targets:
@@ -118,6 +118,8 @@ def adapted(model: nnx.Module):
 def add_adapters(model: nnx.Module, config: LoraConfig) -> nnx.Module:
     """Gives ``model``'s target projections adapters (in place; returns ``model``). A target that
     matches no projection is an error naming the projections there are."""
+    if config.rank < 1:
+        raise ValueError(f"lora.rank={config.rank}: adapters need a positive rank")
     key = jax.random.key(config.seed)
     found, names = 0, set()
     for index, (path, m) in enumerate(nnx.iter_modules(model)):

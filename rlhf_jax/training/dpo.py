@@ -194,7 +194,7 @@ def setup(inputs: PhaseInputs) -> PhaseParts:
     loss_fn = functools.partial(dpo_step_loss, graphdef=inputs.model.graphdef, config=config)
     in_step = config.needs_reference and not config.precompute_reference
     # Under LoRA the reference is the base, the adapters switched off: no copy of the weights.
-    adapted = inputs.config.model.lora is not None
+    adapted = inputs.config.model.adapters is not None
     parts = PhaseParts(
         loss_fn=loss_fn,
         frozen_extra=inputs.model.params if in_step and not adapted else None,

@@ -140,6 +140,8 @@ def run_phase(phase: Phase, config: PhaseConfig, *, stop_after: int | None = Non
             if f.name not in _BASE
         },
         **parts.fingerprint,
+        # A run with adapters resumes only with the same ones (absent without, as before).
+        **({"lora": config.model.adapters.to_dict()} if config.model.adapters else {}),
     }
     with Run(
         config.run_dir,

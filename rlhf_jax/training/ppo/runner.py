@@ -230,6 +230,8 @@ def run_ppo(
         "iterations": config.iterations,  # the schedules' length
         "prompt_length": config.prompt_length,
         "seed": config.seed,
+        # A run with adapters resumes only with the same ones (absent without, as before).
+        **({"lora": config.policy.adapters.to_dict()} if config.policy.adapters else {}),
     }
     norm_info = {}
     with Run(

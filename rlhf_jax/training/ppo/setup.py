@@ -93,7 +93,7 @@ def _critic(config, policy, reward, mesh):
     if not ppo.uses_critic:
         return None
     source = reward if ppo.value_init == "reward" else policy
-    adapters = config.policy.lora
+    adapters = config.policy.adapters
     critic = lambda: models.ScalarModel(source.config, kind="value", rngs=nnx.Rngs(seed))
     # The value head starts at zero (Huang et al. 2024); the trunk is the source's, copied
     # since the critic trains and the source does not.
@@ -154,7 +154,7 @@ def init_ppo_state(config, mesh, *, reward_functions=()):
         critic_opt=critic_opt,
         frozen={
             # Under LoRA the reference is the policy with its adapters off: no copy.
-            "reference": None if config.policy.lora else copy_tree(policy.params),
+            "reference": None if config.policy.adapters else copy_tree(policy.params),
             "policy_rest": policy.rest,
             "reward": _or_none(reward, "params"),
             "reward_rest": _or_none(reward, "rest"),
@@ -173,7 +173,7 @@ def init_ppo_state(config, mesh, *, reward_functions=()):
         critic=_or_none(critic, "shardings"),
         critic_opt=critic_opt_sh,
         frozen={
-            "reference": None if config.policy.lora else policy.shardings,
+            "reference": None if config.policy.adapters else policy.shardings,
             "policy_rest": policy.rest_shardings,
             "reward": _or_none(reward, "shardings"),
             "reward_rest": _or_none(reward, "rest_shardings"),
