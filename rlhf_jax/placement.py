@@ -212,7 +212,7 @@ def place_module(
     given_flat = {
         _key((name, *path)): var
         for name, subtree in given.items()
-        for path, var in nnx.to_flat_state(_as_state(subtree))
+        for path, var in nnx.to_flat_state(nnx.State(dict(subtree)))
     }
     flats = [nnx.to_flat_state(abstract), nnx.to_flat_state(abstract_rest)]
     sh_flats = [dict(nnx.to_flat_state(shardings)), dict(nnx.to_flat_state(rest_shardings))]
@@ -258,10 +258,6 @@ def place_module(
 
 def _key(path) -> str:
     return "/".join(str(p) for p in path)
-
-
-def _as_state(subtree) -> nnx.State:
-    return subtree if isinstance(subtree, nnx.State) else nnx.State(subtree)
 
 
 def _artifact_head(meta: Mapping, directory) -> str:
@@ -313,9 +309,8 @@ def _adapted(directory, meta, cfg, head: Head, mesh) -> PlacedModel:
         ) from e
     with_adapters = lambda: lora.add_adapters(build_module(cfg, head, seed), config)
     placed = place_module(with_adapters, mesh, given=given, config=cfg, trainable=lora.trainable)
-    placed.params, _ = ckpt_lib.load_artifact(
-        directory, abstract_like(placed.params, placed.shardings)
-    )
+    target = abstract_like(placed.params, placed.shardings)
+    placed.params, _ = ckpt_lib.load_artifact(directory, target)
     return placed
 
 

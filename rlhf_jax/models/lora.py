@@ -50,7 +50,9 @@ class LoraConfig:
 
     rank: int = 8  # r: the adapters' inner width (0: no adapters, where a source allows it)
     alpha: float = 16.0  # α: the update is scaled by α / r (α / √r with rslora)
-    dropout: float = 0.0  # dropout on the adapters' input, in training steps only
+    # Dropout on the adapters' input, in the SFT, reward and DPO steps; PPO/GRPO updates run
+    # without it (their ratio is against the rollout's log-probs, computed without dropout).
+    dropout: float = 0.0
     # Projection names or regular expressions over dotted module paths (see the module doc).
     targets: tuple[str, ...] = ("q", "k", "v", "o")
     rslora: bool = False  # scale by α / √r (rank-stabilised LoRA)
