@@ -307,3 +307,22 @@ def test_config_validation():
     with pytest.raises(ValueError, match="format"):
         data.DataConfig(path="x.jsonl", format="dpo")
     assert data.DataConfig(path="x", bucket_lengths=[8, 16]).bucket_lengths == (8, 16)
+
+
+def test_soft_labels_become_label_b_and_bad_ones_are_counted(tmp_path):
+    rows = [
+        {"prompt": "hello", "chosen": "world", "rejected": "hello", "chosen_probability": 0.75},
+        {"prompt": "world", "chosen": "hello", "rejected": "world"},  # a hard label
+        {"prompt": "hello", "chosen": "hello", "rejected": "world", "chosen_probability": 1.5},
+        {"prompt": "hello", "chosen": "world", "rejected": "world hello",
+         "chosen_probability": "high"},
+    ]  # fmt: skip
+    ds = load(tmp_path, rows, chat=False, bucket_lengths=(8,))
+    assert ds.soft_labels and [e.row for e in ds.examples] == [0, 1]
+    assert ds.report.counts == {R.BAD_LABEL: 2}
+    assert "expected a probability in [0, 1]" in ds.report.summary()
+    batch = data.collate(ds, [0, 1, -1], length=8)
+    np.testing.assert_array_equal(batch["label_B"], np.array([0.75, 1.0, 1.0], np.float32))
+    # Without any soft label the batch has no label_B (the programs stay as they were).
+    hard = load(tmp_path, rows[1:2], chat=False, bucket_lengths=(8,), path=None)
+    assert not hard.soft_labels and "label_B" not in data.collate(hard, [0], length=8)

@@ -198,3 +198,33 @@ def test_dpo_family_traces_once_per_shape():
         dpo(*a)
         simpo(a[0], a[1])
         orpo(a[0], a[1])
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(1, 8), st.sampled_from([0.0, 0.1]))
+def test_dpo_soft_labels_match_float64_reference(seed, batch, eps):
+    rng = np.random.default_rng(seed)
+    pc, pr, rc, rr = _random_logps(rng, batch)
+    q = rng.uniform(0, 1, batch).astype(np.float32)
+    beta = 0.3
+    loss, _ = losses.dpo_loss(
+        *(jnp.asarray(x) for x in (pc, pr, rc, rr)),
+        beta=beta,
+        label_smoothing=eps,
+        label=jnp.asarray(q),
+    )
+    h = (pc.astype(float) - rc) - (pr.astype(float) - rr)
+    t = (1 - eps) * q.astype(float) + eps * (1 - q.astype(float))
+    expected = np.mean(-t * log_sigmoid(beta * h) - (1 - t) * log_sigmoid(-beta * h))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
+    # A hard label q = 1 is the plain sigmoid loss.
+    hard, _ = losses.dpo_loss(*(jnp.asarray(x) for x in (pc, pr, rc, rr)), beta=beta)
+    ones, _ = losses.dpo_loss(
+        *(jnp.asarray(x) for x in (pc, pr, rc, rr)), beta=beta, label=jnp.ones(batch)
+    )
+    np.testing.assert_allclose(ones, hard, rtol=1e-6)
+
+
+def test_dpo_soft_labels_need_the_sigmoid_loss():
+    x = jnp.zeros(2)
+    with pytest.raises(ValueError, match="loss_type='sigmoid' only"):
+        losses.dpo_loss(x, x, x, x, beta=0.1, loss_type="ipo", label=jnp.ones(2))

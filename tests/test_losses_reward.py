@@ -205,3 +205,65 @@ def test_reward_losses_trace_once_per_shape():
             rng.integers(0, 3, (2, 3)).astype(np.int32),
             (rng.random((2, 3)) < 0.5),
         )
+
+
+def soft_bt_reference(chosen, rejected, label, eps):
+    """Cross-entropy of σ(r_c − r_r) to the target (1−ε) q + ε (1 − q), float64."""
+    total = 0.0
+    for c, r, q in zip(chosen, rejected, label, strict=True):
+        t = (1 - eps) * q + eps * (1 - q)
+        d = float(c) - float(r)
+        total += -t * _log_sigmoid(d) - (1 - t) * _log_sigmoid(-d)
+    return total / len(chosen)
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    batch=st.integers(1, 12),
+    eps=st.sampled_from([0.0, 0.1]),
+)
+def test_bradley_terry_soft_labels_match_float64_reference(seed, batch, eps):
+    rng = np.random.default_rng(seed)
+    chosen, rejected = rng.normal(0, 3, (2, batch)).astype(np.float32)
+    label = rng.uniform(0, 1, batch).astype(np.float32)
+    loss, _ = losses.bradley_terry_loss(
+        jnp.asarray(chosen), jnp.asarray(rejected), label=jnp.asarray(label), label_smoothing=eps
+    )
+    expected = soft_bt_reference(chosen, rejected, label.astype(float), eps)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bradley_terry_soft_label_closed_forms():
+    c, r = jnp.array([1.5, -0.5]), jnp.array([0.0, 0.7])
+    hard, _ = losses.bradley_terry_loss(c, r)
+    ones, _ = losses.bradley_terry_loss(c, r, label=jnp.ones(2))
+    np.testing.assert_allclose(ones, hard, rtol=1e-7)  # q = 1 is the hard label
+    # q = 1/2 at equal rewards: log 2; and the loss is minimised where σ(Δ) = q.
+    half, _ = losses.bradley_terry_loss(jnp.zeros(1), jnp.zeros(1), label=jnp.array([0.5]))
+    np.testing.assert_allclose(half, math.log(2.0), rtol=1e-7)
+    q = 0.8
+    grad = jax.grad(lambda d: losses.bradley_terry_loss(d, jnp.zeros(1), label=jnp.array([q]))[0])(
+        jnp.array([math.log(q / (1 - q))])
+    )
+    np.testing.assert_allclose(grad, 0.0, atol=1e-6)
+    # Swapping chosen and rejected with q → 1 − q is the same loss.
+    a, _ = losses.bradley_terry_loss(c, r, label=jnp.array([0.7, 0.2]))
+    b, _ = losses.bradley_terry_loss(r, c, label=jnp.array([0.3, 0.8]))
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    # Label smoothing of a soft label: q = 0.9 with ε = 0.1 is the target 0.82.
+    s, _ = losses.bradley_terry_loss(c, r, label=jnp.full(2, 0.9), label_smoothing=0.1)
+    t, _ = losses.bradley_terry_loss(c, r, label=jnp.full(2, 0.82))
+    np.testing.assert_allclose(s, t, rtol=1e-6)
+
+
+def test_bradley_terry_soft_labels_ignore_masked_rows():
+    c, r = jnp.array([1.0, np.inf]), jnp.array([0.0, np.nan])
+    label, mask = jnp.array([0.7, np.nan]), jnp.array([1, 0])
+    loss, _ = losses.bradley_terry_loss(c, r, label=label, mask=mask)
+    expected, _ = losses.bradley_terry_loss(c[:1], r[:1], label=label[:1])
+    np.testing.assert_array_equal(loss, expected)
+    grads = jax.grad(
+        lambda c, r: losses.bradley_terry_loss(c, r, label=label, mask=mask)[0], (0, 1)
+    )(c, r)
+    for g in grads:
+        assert np.all(np.isfinite(g)) and g[1] == 0.0

@@ -9,6 +9,8 @@ Keys (``prefix`` is "" for SFT, "chosen_" / "rejected_" for preferences):
     {prefix}positions_BxT   int32  cumsum(attn_mask) - 1, clipped at 0 (as
                                    `rlhf_jax.models.positions_from_mask`)
     example_mask_B          bool   False for rows that only fill a static batch (all masks 0)
+    label_B                 float32  preferences whose data has soft labels (chosen_probability):
+                                   P(chosen ≻ rejected), 1.0 for rows without one
     example_id_B            int32  index of the example in its TokenizedDataset; -1 for filler
 With a response window W (``collate(..., window=W)``, SFT and preferences only):
     {prefix}window_BxW      int32  the positions whose logits predict the response tokens:
@@ -132,6 +134,11 @@ def collate(
         batch.update({f"{name}_BxKxT": x for name, x in fields.items()})
         batch.update(mask_BxK=mask_BxK, ranks_BxK=ranks_BxK)
     elif dataset.kind == "preference":
+        if dataset.soft_labels:
+            batch["label_B"] = np.asarray(
+                [1.0 if i < 0 or (q := dataset.examples[i].label) is None else q
+                 for i in indices_B], np.float32,
+            )  # fmt: skip
         for slot, prefix in enumerate(("chosen_", "rejected_")):
             batch.update(
                 {

@@ -19,6 +19,7 @@ sequence starts with at least one prompt token and every response token is predi
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -41,6 +42,7 @@ class Example:
     response_ids: tuple[np.ndarray, ...]  # int32, each ending with EOS; 1, 2 or K of them
     length: int  # the bucket T this example is padded to
     ranks: tuple[int, ...] | None = None  # rankings only; 0 = best
+    label: float | None = None  # preferences only: a soft label P(chosen ≻ rejected)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -56,6 +58,11 @@ class TokenizedDataset:
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    @functools.cached_property
+    def soft_labels(self) -> bool:
+        """Whether any pair carries a soft label (then every batch has ``label_B``)."""
+        return any(e.label is not None for e in self.examples)
 
     def lengths(self) -> np.ndarray:
         """The bucket length of every example, int64 (N,)."""
@@ -152,7 +159,7 @@ def tokenize_rows(
         except R.RowError as e:
             report.add(i, e.reason, e.detail)
             continue
-        key = repr((record.prompt, record.responses, record.ranks))
+        key = repr((record.prompt, record.responses, record.ranks, record.label))
         if key in seen:
             report.add(i, R.DUPLICATE, "the same prompt and responses as an earlier row")
         seen.add(key)
@@ -222,7 +229,7 @@ def _encode_chunk(tokenizer, chunk, *, bucket_lengths, too_long, report) -> list
         if fit.truncated:
             report.add(i, R.TRUNCATED, fit.detail)
             prompt = truncate_prompt(prompt, fit.prompt_keep, bos_id=bos)
-        out.append(Example(i, prompt, tuple(responses), fit.length, record.ranks))
+        out.append(Example(i, prompt, tuple(responses), fit.length, record.ranks, record.label))
     return out
 
 

@@ -32,6 +32,9 @@ Preferences (kind "preference"):
   and must be the same in chosen and rejected; the ``prompt`` column, if any, is then not
   used. One-message lists take their prompt from the ``prompt`` column (a string becomes one
   user message). Prompts and both responses must be non-empty.
+  An optional ``chosen_probability`` column (a number in [0, 1]) is a soft label,
+  P(chosen ≻ rejected), as AI feedback gives; the Bradley–Terry and DPO losses then fit that
+  probability instead of a hard 1. A row without one (or null) is a hard label.
 
 Rankings (kind "ranking"):
     {"prompt": "...", "responses": ["a", "b", "c"], "ranks": [1, 0, 2]}  # 0 = best
@@ -71,6 +74,7 @@ class Record:
     prompt: str | tuple[Message, ...]  # a tuple of messages is rendered by the chat template
     responses: tuple[str, ...]
     ranks: tuple[int, ...] | None = None  # rankings only; 0 = best
+    label: float | None = None  # preferences only: a soft label P(chosen ≻ rejected)
 
     @property
     def conversational(self) -> bool:
@@ -221,7 +225,22 @@ def _hh_record(chosen: str, rejected: str) -> tuple[tuple[Message, ...], tuple[s
     return prompt, responses
 
 
+SOFT_LABEL = "chosen_probability"  # the optional soft-label column of preference rows
+
+
 def parse_preference(row: Mapping) -> Record:
+    record = _preference_record(row)
+    label = row.get(SOFT_LABEL)
+    if label is None:
+        return record
+    if isinstance(label, bool) or not isinstance(label, numbers.Real) or not 0 <= label <= 1:
+        raise R.RowError(
+            R.BAD_LABEL, f"{SOFT_LABEL!r} is {label!r}; expected a probability in [0, 1]"
+        )
+    return dataclasses.replace(record, label=float(label))
+
+
+def _preference_record(row: Mapping) -> Record:
     chosen, rejected = row.get("chosen"), row.get("rejected")
     for key, value in (("chosen", chosen), ("rejected", rejected)):
         if value is None:

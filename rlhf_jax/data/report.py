@@ -22,6 +22,7 @@ BAD_MESSAGES = "bad_messages"  # a chat list that is not [{"role": str, "content
 EMPTY_PROMPT = "empty_prompt"  # preferences and rankings need a prompt; SFT does not
 EMPTY_RESPONSE = "empty_response"  # an empty (or whitespace-only) completion/response
 BAD_RANKS = "bad_ranks"  # ranks not matching responses, negative, or all tied
+BAD_LABEL = "bad_label"  # a chosen_probability that is not a number in [0, 1]
 TOO_MANY_RESPONSES = "too_many_responses"  # a ranking row with more than max_responses
 TOO_LONG = "too_long"  # longer than the largest bucket (dropped)
 TRUNCATED = "truncated"  # prompt cut from the left to fit the largest bucket (kept)
@@ -37,6 +38,7 @@ REASONS: tuple[str, ...] = (
     EMPTY_PROMPT,
     EMPTY_RESPONSE,
     BAD_RANKS,
+    BAD_LABEL,
     TOO_MANY_RESPONSES,
     TOO_LONG,
     IDENTICAL_RESPONSES,

@@ -139,3 +139,9 @@ def aggregate(
     if normalizer is not None:
         denominator = jnp.asarray(normalizer, dtype)
     return numerator / jnp.maximum(denominator, 1), numerator, denominator
+
+
+def soft_target(label, shape, dtype, label_smoothing: float = 0.0):
+    """The per-pair target probability (1−ε) q + ε (1 − q) of a soft label q ∈ [0, 1]."""
+    q = upcast(jnp.broadcast_to(label, shape), dtype)
+    return (1.0 - label_smoothing) * q + label_smoothing * (1.0 - q)

@@ -17,6 +17,7 @@ from rlhf_jax.losses._masking import (
     check_same_shape,
     compute_dtype,
     sanitize,
+    soft_target,
     upcast,
 )
 
@@ -54,6 +55,7 @@ def dpo_loss(
     beta: float,
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
+    label=None,
     mask=None,
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """DPO (Rafailov et al. 2023) and the losses that share its implicit reward.
@@ -67,6 +69,8 @@ def dpo_loss(
       hinge:   max(0, 1 − βh)                       SLiC (Zhao et al. 2023)
       ipo:     (h − 1/(2β))²                        IPO (Azar et al. 2023); minimised at
                                                     h = 1/(2β)
+    ``label`` (optional, per pair; sigmoid only) is a soft label q = P(chosen ≻ rejected):
+    the sigmoid loss becomes −q' log σ(βh) − (1−q') log σ(−βh), q' = (1−ε) q + ε (1 − q).
     ``mask`` (optional, per pair) drops rows that only pad a static batch.
 
     Returns ``(loss, metrics)`` with the implicit rewards β(log π − log π_ref) of chosen and
@@ -80,6 +84,11 @@ def dpo_loss(
         raise ValueError(f"label_smoothing must be in [0, 0.5); got {label_smoothing}")
     if label_smoothing and loss_type in ("hinge", "ipo"):
         raise ValueError(f"label_smoothing is not defined for loss_type={loss_type!r}")
+    if label is not None and loss_type != "sigmoid":
+        raise ValueError(
+            f"soft labels (chosen_probability) are defined for loss_type='sigmoid' only; got "
+            f"{loss_type!r}"
+        )
     dtype, (pi_c, pi_r, ref_c, ref_r) = _prepare(
         mask,
         pi_chosen_B=pi_chosen_B,
@@ -89,7 +98,12 @@ def dpo_loss(
     )
     h_B = (pi_c - ref_c) - (pi_r - ref_r)
     eps = label_smoothing
-    if loss_type == "sigmoid":
+    if label is not None:
+        q_B = soft_target(label, h_B.shape, dtype, eps)
+        if mask is not None:
+            q_B = sanitize(q_B, as_mask(mask, h_B.shape, "mask"))
+        loss_B = -q_B * jax.nn.log_sigmoid(beta * h_B) - (1 - q_B) * jax.nn.log_sigmoid(-beta * h_B)
+    elif loss_type == "sigmoid":
         loss_B = -(1 - eps) * jax.nn.log_sigmoid(beta * h_B)
         if eps:
             loss_B = loss_B - eps * jax.nn.log_sigmoid(-beta * h_B)

@@ -14,6 +14,7 @@ from rlhf_jax.losses._masking import (
     check_same_shape,
     compute_dtype,
     sanitize,
+    soft_target,
     upcast,
 )
 
@@ -25,6 +26,7 @@ def bradley_terry_loss(
     margin=None,
     label_smoothing: float = 0.0,
     center_coef: float = 0.0,
+    label=None,
     mask=None,
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """Bradley–Terry preference loss (Bradley & Terry 1952; Ouyang et al. 2022).
@@ -34,6 +36,10 @@ def bradley_terry_loss(
 
         L = mean_b [ −(1−ε) log σ(Δ_b) − ε log σ(−Δ_b) ] + c · mean_b (r_c + r_r)²,
         Δ_b = r_c − r_r − m_b.
+
+    ``label`` (optional, per pair) is a soft label q_b = P(chosen ≻ rejected), as AI feedback
+    gives (Bai et al. 2022): the loss is then the cross-entropy to it,
+    −q' log σ(Δ) − (1 − q') log σ(−Δ) with q' = (1−ε) q + ε (1 − q); q = 1 is the hard label.
 
     ``margin`` (scalar or per pair, e.g. Llama 2's rating-gap margin) demands the chosen
     response win by at least that much. The last term (Eisenstein et al. 2023, "reward
@@ -55,9 +61,15 @@ def bradley_terry_loss(
         chosen, rejected = sanitize(chosen, valid), sanitize(rejected, valid)
     diff_B = chosen - rejected
     delta_B = diff_B if margin is None else diff_B - upcast(margin, dtype)
-    loss_B = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(delta_B)
-    if label_smoothing:
-        loss_B = loss_B - label_smoothing * jax.nn.log_sigmoid(-delta_B)
+    if label is None:
+        loss_B = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(delta_B)
+        if label_smoothing:
+            loss_B = loss_B - label_smoothing * jax.nn.log_sigmoid(-delta_B)
+    else:
+        q_B = soft_target(label, chosen.shape, dtype, label_smoothing)
+        if mask is not None:
+            q_B = sanitize(q_B, valid)
+        loss_B = -q_B * jax.nn.log_sigmoid(delta_B) - (1.0 - q_B) * jax.nn.log_sigmoid(-delta_B)
     if center_coef:
         loss_B = loss_B + center_coef * jnp.square(chosen + rejected)
     metrics = {

@@ -100,6 +100,11 @@ def dpo_step_loss(params, frozen, batch, rng, *, graphdef, config: DPOLossConfig
     (pi_c, pi_r), (len_c, len_r), unshared = pair_logprobs(
         graphdef, params, frozen["rest"], batch, share_prompt=config.share_prompt, dropout_key=rng
     )
+    if "label_B" in batch and config.loss_type in ("simpo", "orpo"):
+        raise ValueError(
+            f"dpo.loss_type={config.loss_type!r} takes hard labels only, but the data has soft "
+            "labels (chosen_probability); use loss_type='sigmoid'"
+        )
     if config.loss_type == "simpo":
         loss, metrics = losses.simpo_loss(
             pi_c / jnp.maximum(len_c, 1),
@@ -142,6 +147,7 @@ def dpo_step_loss(params, frozen, batch, rng, *, graphdef, config: DPOLossConfig
             beta=config.beta,
             loss_type=config.loss_type,
             label_smoothing=config.label_smoothing,
+            label=batch.get("label_B"),
             mask=mask_B,
         )
     metrics = dict(metrics)

@@ -8,7 +8,8 @@ averaged over its response (``pooling``, `rlhf_jax.models.pool_scores`).
 Pair batch keys (right-padded to one bucket length T):
     chosen_tokens_BxT, chosen_positions_BxT, chosen_attn_mask_BxT,
     rejected_tokens_BxT, rejected_positions_BxT, rejected_attn_mask_BxT,
-    example_mask_B (1 for real pairs, 0 for rows that only pad the batch); optional margin_B.
+    example_mask_B (1 for real pairs, 0 for rows that only pad the batch); optional margin_B,
+    and label_B (soft labels P(chosen ≻ rejected), when the data has chosen_probability).
 Ranking batch keys: tokens_BxKxT, positions_BxKxT, attn_mask_BxKxT, ranks_BxK, mask_BxK.
 
 The phase starts from an LM (the SFT policy's trunk, a fresh head) or a reward model.
@@ -85,6 +86,7 @@ def reward_pair_loss(params, frozen, batch, rng, *, graphdef, config: RewardLoss
         margin=batch.get("margin_B"),
         label_smoothing=config.label_smoothing,
         center_coef=config.center_coef,
+        label=batch.get("label_B"),
         mask=mask_B,
     )
     both = jnp.concatenate([chosen_B, rejected_B])
