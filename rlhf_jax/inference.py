@@ -95,18 +95,24 @@ class Scorer:
             )
             return jnp.sum(stats.logp_BxN, axis=-1)
 
-        self._reward, self._logprob = jax.jit(reward), jax.jit(logprob)
+        def next_token(params, rest, p, pm, ids_O):
+            m = nnx.merge(model.graphdef, params, rest)
+            pos = models.positions_from_mask(pm)
+            h = m.hidden_states(p, positions_BxT=pos, attn_mask_BxT=pm)
+            logits = m.logits(h[:, -1:])[:, 0].astype(jnp.float32) / temperature
+            return jax.nn.log_softmax(logits, axis=-1)[:, ids_O]
 
-    def _run(self, fn, p, pm, r, rm) -> np.ndarray:
+        self._reward, self._logprob = jax.jit(reward), jax.jit(logprob)
+        self._next_token = jax.jit(next_token)
+
+    def _run(self, fn, *arrays, extra=()) -> np.ndarray:
         out = []
-        for start in range(0, len(p), self.batch_size):
+        for start in range(0, len(arrays[0]), self.batch_size):
             sl = slice(start, start + self.batch_size)
-            arrays = [_pad_rows(x[sl], self.batch_size)[0] for x in (p, pm, r, rm)]
-            n = len(p[sl])
-            batch = sharding_lib.shard_batch(
-                dict(zip("abcd", arrays, strict=True)), self.model.mesh
-            )
-            values = fn(self.model.params, self.model.rest, *batch.values())
+            padded = [_pad_rows(x[sl], self.batch_size)[0] for x in arrays]
+            n = len(arrays[0][sl])
+            batch = sharding_lib.shard_batch(dict(enumerate(padded)), self.model.mesh)
+            values = fn(self.model.params, self.model.rest, *batch.values(), *extra)
             out.append(np.asarray(jax.device_get(values))[:n])
         return np.concatenate(out)
 
@@ -115,3 +121,9 @@ class Scorer:
 
     def logprob(self, p, pm, r, rm) -> np.ndarray:
         return self._run(self._logprob, p, pm, r, rm)
+
+    def next_token_logprobs(self, p, pm, token_ids) -> np.ndarray:
+        """log π(token | prompt) (N, len(token_ids)) of the next token after each left-padded
+        prompt, one forward for all the tokens asked about."""
+        ids = jnp.asarray(np.asarray(token_ids, np.int32))
+        return self._run(self._next_token, p, pm, extra=(ids,))

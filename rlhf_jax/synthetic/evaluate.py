@@ -128,7 +128,7 @@ def evaluate(pipeline) -> dict:
         return {"gold": gold, "proxy": proxy, "kl": kl, "length": lengths, "echo": echo}
 
     results = {}
-    for salt, phase in enumerate(("sft", "ppo", "dpo", "grpo")):
+    for salt, phase in enumerate(("sft", "ppo", "dpo", "grpo", "sl_cai")):
         if pipeline.enabled(phase) and pipeline.done(phase):
             results[phase] = judge(phase, tokens, mask, m, t, salt)
     summary = {
@@ -142,7 +142,9 @@ def evaluate(pipeline) -> dict:
         for phase, r in results.items()
     }
     win_rates = {}
-    for a, b in (("ppo", "sft"), ("dpo", "sft"), ("ppo", "dpo"), ("grpo", "sft"), ("grpo", "ppo")):
+    pairs = (("ppo", "sft"), ("dpo", "sft"), ("ppo", "dpo"), ("grpo", "sft"), ("grpo", "ppo"),
+             ("sl_cai", "sft"))  # fmt: skip
+    for a, b in pairs:
         if a in results and b in results:
             win_rates[f"{a} vs {b}"] = ev.win_rate(
                 results[a]["gold"].mean(axis=1), results[b]["gold"].mean(axis=1)
@@ -197,7 +199,9 @@ def evaluate(pipeline) -> dict:
         "samples per prompt": m,
         "sampling temperature": t,
         "preference pairs": preferences["pairs"],
-        "rater labels agreeing with gold": round(preferences["label_agreement_with_gold"], 3),
+        f"{preferences.get('labels', 'raters')} labels agreeing with gold": round(
+            preferences["label_agreement_with_gold"], 3
+        ),
         **{f"gold reward, {k}": round(v["gold"], 4) for k, v in summary.items()},
         **{f"KL to SFT, {k}": round(v["kl"], 4) for k, v in summary.items()},
         **{f"length (tokens with EOS), {k}": round(v["length"], 2) for k, v in summary.items()},

@@ -29,6 +29,7 @@ from rlhf_jax.inference import Sampler, decode_responses
 from rlhf_jax.interrupts import interrupt_flag
 from rlhf_jax.logging import jsonable
 from rlhf_jax.placement import ModelSource, place_model
+from rlhf_jax.synthetic import cai
 from rlhf_jax.synthetic import evaluate as evaluate_lib
 from rlhf_jax.synthetic import task as task_lib
 from rlhf_jax.synthetic.pipeline_config import (
@@ -130,17 +131,20 @@ class Pipeline:
         return base
 
     def enabled(self, phase: str) -> bool:
-        """GRPO is optional (``train.grpo.iterations=0`` leaves it out); every other phase runs."""
+        """GRPO and SL-CAI are optional (``train.grpo.iterations=0``, ``feedback.revise_prompts
+        =0`` leave them out); every other phase runs."""
+        if phase == "sl_cai":
+            return self.config.feedback.revise_prompts > 0
         return phase != "grpo" or self.config.train.grpo.iterations > 0
 
-    def _source(self, artifact_phase: str | None) -> ModelSource:
+    def source(self, artifact_phase: str | None) -> ModelSource:
         if artifact_phase is None:
             return ModelSource(init=self.model_config, tokenizer=str(self.tokenizer_dir))
         return ModelSource(
             artifact=str(self.artifact(artifact_phase)), tokenizer=str(self.tokenizer_dir)
         )
 
-    def _write_rows(self, name: str, rows) -> str:
+    def write_rows(self, name: str, rows) -> str:
         path = self.path("data", name)
         path.parent.mkdir(parents=True, exist_ok=True)
         return task_lib.write_jsonl(path, rows)
@@ -195,7 +199,7 @@ class Pipeline:
     def pretrain(self):
         c = self.config
         rows = self.task.pretraining_corpus(c.train.pretrain.examples)
-        path = self._write_rows("pretrain.jsonl", rows)
+        path = self.write_rows("pretrain.jsonl", rows)
         # Pretraining texts hold several examples: one bucket fits the longest of them.
         longest = self.task.max_pretraining_tokens
         buckets = tuple(sorted({*(b for b in c.bucket_lengths if b < longest), longest}))
@@ -203,7 +207,7 @@ class Pipeline:
             sft_lib.PHASE,
             "pretrain",
             c.train.pretrain,
-            model=self._source(None),
+            model=self.source(None),
             data_path=path,
             bucket_lengths=buckets,
         )
@@ -211,9 +215,9 @@ class Pipeline:
     def sft(self):
         c = self.config
         rows = self.task.demonstrations(c.train.sft.examples)
-        path = self._write_rows("demonstrations.jsonl", rows)
+        path = self.write_rows("demonstrations.jsonl", rows)
         return self.run_stage(
-            sft_lib.PHASE, "sft", c.train.sft, model=self._source("pretrain"), data_path=path
+            sft_lib.PHASE, "sft", c.train.sft, model=self.source("pretrain"), data_path=path
         )
 
     def preferences(self):
@@ -240,20 +244,24 @@ class Pipeline:
             else:
                 keep.append(i)
         pick = lambda xs: [xs[i] for i in keep]
-        rows, info = self.task.label_pairs(pick(prompts), pick(a_text), pick(b_text))
-        path = self._write_rows("preferences.jsonl", rows)
-        summary = {
-            "prompts": len(prompts),
-            "pairs": len(rows),
-            "dropped": dropped,
-            "label_agreement_with_gold": info["agreement"],
-            "gold_ties": info["num_gold_ties"],
-            "longer_chosen": info["longer_chosen"],
-            "longer_better_by_gold": info["longer_better_by_gold"],
-            "path": path,
-        }
         out = self.path("preferences")
         out.mkdir(parents=True, exist_ok=True)
+        if c.feedback.labels == "ai":  # RL-CAI: the feedback model labels, no rater
+            rows, labels = cai.ai_labels(
+                self, pick(prompts), pick(a_text), pick(b_text), seed=c.seed + 102,
+                record_path=out / "feedback.jsonl",
+            )  # fmt: skip
+        else:
+            rows, info = self.task.label_pairs(pick(prompts), pick(a_text), pick(b_text))
+            labels = {
+                "label_agreement_with_gold": info["agreement"],
+                "gold_ties": info["num_gold_ties"],
+                "longer_chosen": info["longer_chosen"],
+                "longer_better_by_gold": info["longer_better_by_gold"],
+            }
+        path = self.write_rows("preferences.jsonl", rows)
+        summary = {"prompts": len(prompts), "pairs": len(rows), "dropped": dropped,
+                   "labels": c.feedback.labels, **labels, "path": path}  # fmt: skip
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         (out / "DONE").write_text("")
         print(f"[preferences] {json.dumps(summary)}")
@@ -265,10 +273,13 @@ class Pipeline:
             phase,
             phase.name,
             getattr(self.config.train, phase.name),
-            model=self._source("sft"),
+            model=self.source("sft"),
             data_path=str(self.path("data", "preferences.jsonl")),
             **section,
         )
+
+    def sl_cai(self):
+        return cai.sl_cai(self)
 
     def reward(self):
         return self._on_preferences(reward_lib.PHASE, reward=self.config.reward)
@@ -283,10 +294,10 @@ class Pipeline:
         ``<run_dir>/<name>`` (or at ``name`` if absolute)."""
         c = self.config
         prompts = self.task.prompts(stage.prompts, split="train")
-        path = self._write_rows(f"{name}_prompts.jsonl", [{"prompt": p} for p in prompts])
+        path = self.write_rows(f"{name}_prompts.jsonl", [{"prompt": p} for p in prompts])
         run = ppo_lib.PPORunConfig(
             run_dir=str(self.path(name)),
-            policy=self._source("sft"),
+            policy=self.source("sft"),
             reward=reward,
             prompts=path,
             prompt_length=self.task.max_prompt_tokens,
@@ -314,7 +325,7 @@ class Pipeline:
         """PPO against the reward model (the proxy)."""
         c = self.config
         return self.run_rl(
-            "ppo", c.train.ppo, c.ppo, reward=self._source("reward"), stop_after=stop_after
+            "ppo", c.train.ppo, c.ppo, reward=self.source("reward"), stop_after=stop_after
         )
 
     def grpo(self, *, stop_after: int | None = None):

@@ -12,12 +12,13 @@ from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.logging import jsonable
 from rlhf_jax.synthetic import task as task_lib
 from rlhf_jax.training import dpo as dpo_lib
+from rlhf_jax.training import feedback as feedback_lib
 from rlhf_jax.training import ppo as ppo_lib
 from rlhf_jax.training import reward as reward_lib
 from rlhf_jax.training.config import build
 from rlhf_jax.training.optimizer import OptimizerConfig
 
-PHASES = ("pretrain", "sft", "preferences", "reward", "ppo", "grpo", "dpo", "evaluate")
+PHASES = ("pretrain", "sft", "sl_cai", "preferences", "reward", "ppo", "grpo", "dpo", "evaluate")
 # What ``base_run_dir`` supplies: the phases the raters' settings never reach.
 BASE_PHASES = ("pretrain", "sft")
 RATER_FIELDS = ("rater_temperature", "disagreement", "random_label_rate", "length_bias",
@@ -65,6 +66,34 @@ class PreferenceConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class FeedbackSettings:
+    """Who labels the preference pairs, and Constitutional AI (`rlhf_jax.synthetic.cai`)."""
+
+    labels: str = "raters"  # "raters" (the simulated raters) or "ai" (RL-CAI: a feedback model)
+    constitution: str = ""  # a constitution file (JSON/YAML); "" = the task's own language
+    principles: tuple[str, ...] = ()  # the constitution's principles to use; () = all
+    judge: str = "pretrain"  # the feedback model: a phase's artifact (pretrain, sft) or a path
+    ai: feedback_lib.FeedbackConfig = dataclasses.field(
+        default_factory=lambda: feedback_lib.FeedbackConfig(principles_per_pair=2)
+    )
+    # SL-CAI: SFT samples on this many prompts are critiqued and revised by the feedback model,
+    # then SFT continues on the revisions (the "sl_cai" phase); 0 = no SL-CAI phase.
+    revise_prompts: int = 0
+    revision: feedback_lib.RevisionConfig = dataclasses.field(
+        default_factory=lambda: feedback_lib.RevisionConfig(
+            max_critique_tokens=4, max_revision_tokens=10
+        )
+    )
+    sl_cai: Stage | None = None  # SL-CAI's SFT schedule (None: train.sft's, 1/4 of its steps)
+
+    def __post_init__(self):
+        if self.labels not in ("raters", "ai"):
+            raise ValueError(f"feedback.labels={self.labels!r}; expected 'raters' or 'ai'")
+        if self.revise_prompts < 0:
+            raise ValueError(f"feedback.revise_prompts={self.revise_prompts}; expected >= 0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     prompts: int = 200  # held-out prompts
     samples_per_prompt: int = 4  # samples per prompt and policy (their mean gold is compared)
@@ -90,6 +119,7 @@ class PipelineConfig:
     bucket_lengths: tuple[int, ...] = (16, 24)  # static sequence lengths for the phases
     train: Training
     preferences: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
+    feedback: FeedbackSettings = dataclasses.field(default_factory=FeedbackSettings)
     reward: reward_lib.RewardLossConfig = dataclasses.field(
         default_factory=reward_lib.RewardLossConfig
     )

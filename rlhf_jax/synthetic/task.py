@@ -52,7 +52,7 @@ import numpy as np
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from rlhf_jax.synthetic import gold, raters
+from rlhf_jax.synthetic import feedback, gold, raters
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
@@ -62,7 +62,7 @@ ALPHABET = tuple("0123456789abcdefghijklmnopqrstuvwxyz")
 SPLITS = ("train", "eval")
 # Independent random streams, so that e.g. asking for more demonstrations never changes the
 # prompts or the pretraining corpus of the same seed.
-_STREAMS = {"train": 1, "eval": 2, "pretrain": 3, "demos": 4, "labels": 5}
+_STREAMS = {"train": 1, "eval": 2, "pretrain": 3, "demos": 4, "labels": 5, "feedback": 6}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +84,11 @@ class SyntheticTaskConfig:
     random_label_rate: float = 0.0  # share of labels that are coin flips (careless raters)
     length_bias: float = 0.0  # rater utility bonus per response token (prefers longer)
     agreement_bias: float = 0.0  # bonus per response symbol equal to the prompt's at its place
+    # The feedback language (`rlhf_jax.synthetic.feedback`): this share of pretraining texts
+    # are judgements or critiques under principles; > 0 adds its words to the vocabulary.
+    feedback_examples: float = 0.0
+    feedback_temperature: float = 0.1  # τ of the judgements in those texts
+    revision_corruption: float = 0.05  # chance each symbol of a revision in them is wrong
 
     def __post_init__(self):
         def fail(field, why):
@@ -106,10 +111,12 @@ class SyntheticTaskConfig:
             "length_noise",
             "disagreement",
             "random_label_rate",
+            "feedback_examples",
+            "revision_corruption",
         ):
             if not 0.0 <= getattr(self, field) <= 1.0:
                 fail(field, "expected a value in [0, 1]")
-        for field in ("no_eos_penalty", "rater_temperature"):
+        for field in ("no_eos_penalty", "rater_temperature", "feedback_temperature"):
             if getattr(self, field) < 0:
                 fail(field, "expected a value >= 0")
 
@@ -129,6 +136,8 @@ class SyntheticTask:
         self.config = config
         self.symbols = ALPHABET[: config.alphabet_size]
         words = (*SPECIALS, SEPARATOR, *INSTRUCTIONS, *self.symbols)
+        if config.feedback_examples > 0:
+            words = (*words, *feedback.WORDS)
         self.vocab: dict[str, int] = {w: i for i, w in enumerate(words)}
         self.vocab_size = len(words)
         self.eos_id, self.pad_id = EOS_ID, PAD_ID
@@ -156,8 +165,14 @@ class SyntheticTask:
 
     @property
     def max_pretraining_tokens(self) -> int:
-        """Tokens of the longest pretraining text: BOS, its examples, EOS."""
-        return 2 + self.config.pretrain_examples * (2 * self.config.max_length + 3)
+        """Tokens of the longest pretraining text: BOS, its examples (or a feedback text), EOS."""
+        plain = 2 + self.config.pretrain_examples * (2 * self.config.max_length + 3)
+        return max(plain, feedback.max_text_tokens(self)) if self.feedback else plain
+
+    @property
+    def feedback(self) -> bool:
+        """Whether the language carries judgements, critiques and revisions."""
+        return self.config.feedback_examples > 0
 
     # ---- tokenizer -------------------------------------------------------------------------
 
@@ -263,9 +278,13 @@ class SyntheticTask:
         k = self.config.pretrain_examples
         rows = self._response_rows(n * k, "pretrain", self.config.pretrain_corruption, False)
         texts = [f"{p} {r}" for p, r in rows]
-        return [
-            {"prompt": "", "completion": " ".join(texts[i : i + k])} for i in range(0, n * k, k)
-        ]
+        out = [" ".join(texts[i : i + k]) for i in range(0, n * k, k)]
+        if self.feedback:  # its own stream: the plain texts stay those of the same seed
+            rng = self._rng("feedback")
+            for i in range(n):
+                if rng.random() < self.config.feedback_examples:
+                    out[i] = feedback.text(self, self._draw_prompt(rng, "train"), rng)
+        return [{"prompt": "", "completion": t} for t in out]
 
     def demonstrations(self, n: int) -> list[dict]:
         """``n`` SFT rows {"prompt", "completion"} on train prompts, of middling quality."""

@@ -1,0 +1,157 @@
+"""The synthetic task's feedback language: judgements, critiques and revisions under principles.
+
+With ``SyntheticTaskConfig.feedback_examples`` > 0 the vocabulary gains the words below and that
+share of the pretraining texts are feedback texts instead of plain examples, the way web text
+teaches a pretrained LM, imperfectly, to judge and to revise:
+
+    judge correct sort 3 1 4 = A 1 3 4 B 1 4 3 ? A          a judgement under "correct"
+    critique concise sort 3 1 4 = 1 3 4 4 ? long revise 1 3 4  a critique, then the revision
+
+The texts follow written rules, one per principle (the utility u the writer compares, with r*
+the gold reward, M the response's length, L the target's, E its symbols echoing the prompt
+where the target differs from the prompt):
+
+    correct    u = r*                     faults: wrong, long, short
+    concise    u = r* − 0.5 · max(0, M − L)    faults: long
+    original   u = r* − 0.5 · E                faults: echo
+    better     u = r* + 0.25 · M + 0.25 · A    (a vague principle whose writers, like the biased
+                                             raters, favour long answers and parroting, A = all
+                                             prompt matches); faults: wrong
+
+A judgement picks A with probability σ((u_a − u_b)/τ), τ = ``feedback_temperature``. A
+critique lists the principle's faults of the response ("ok" if none); the revision is then the
+ideal response with each symbol wrong with probability ``revision_corruption`` (the response
+itself when "ok"). Drafts in these texts are noisy responses, some parroting the prompt, some
+too long. The model that learns this language reads the principle word in its prompt: it is
+judged by the same `rlhf_jax.training.feedback` code as any causal LM, with `constitution()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rlhf_jax.training.feedback.constitution import Constitution, from_dict
+
+PRINCIPLES = ("correct", "concise", "original", "better")
+FAULTS = ("ok", "wrong", "long", "short", "echo")
+WORDS = ("judge", "critique", "revise", "A", "B", "?", *FAULTS, *PRINCIPLES)
+_PRINCIPLE_FAULTS = {
+    "correct": ("wrong", "long", "short"),
+    "concise": ("long",),
+    "original": ("echo",),
+    "better": ("wrong",),
+}
+
+
+def constitution(principles: Sequence[str] = PRINCIPLES) -> Constitution:
+    """The synthetic language's constitution: its templates, options and the principles named
+    (each principle's requests and question are its word)."""
+    unknown = set(principles) - set(PRINCIPLES)
+    if unknown:
+        raise ValueError(f"unknown synthetic principles {sorted(unknown)}; expected {PRINCIPLES}")
+    return from_dict(
+        {
+            "principles": [
+                {"name": p, "critique": p, "revision": p, "comparison": p} for p in principles
+            ],
+            "options": ["A", "B"],
+            "stop": ["revise"],
+            "templates": {
+                "comparison": "judge {question} {prompt} A {a} B {b} ?",
+                # The language has no reasoning: chain-of-thought writes nothing of use.
+                "comparison_cot": "judge {question} {prompt} A {a} B {b} ?",
+                "cot_answer": "",
+                "critique": "critique {request} {prompt} {response} ?",
+                "revision": "critique {request} {prompt} {response} ? {critique_text} revise",
+            },
+        },
+        source="synthetic constitution",
+    )
+
+
+def utility(task, principle: str, prompts, responses) -> np.ndarray:
+    """u of each response under ``principle`` (module doc), float64 (B,)."""
+    gold = task.gold_reward(prompts, responses)
+    stats = task.response_stats(prompts, responses)
+    if principle == "correct":
+        return gold
+    if principle == "concise":
+        lengths = np.asarray([len(task.target(p)) for p in prompts])
+        return gold - 0.5 * np.maximum(stats["length"] - lengths, 0)
+    if principle == "original":
+        return gold - 0.5 * np.asarray(
+            [_echo_faults(task, p, r) for p, r in zip(prompts, responses, strict=True)]
+        )
+    if principle == "better":
+        return gold + 0.25 * stats["length"] + 0.25 * stats["prompt_matches"]
+    raise ValueError(f"unknown principle {principle!r}; expected one of {PRINCIPLES}")
+
+
+def _echo_faults(task, prompt: str, response: str) -> int:
+    """Response symbols equal to the prompt's at their place where the target differs."""
+    _, x = task.parse_prompt(prompt)
+    y = task.target(prompt)
+    z, _ = task.response_values(response)
+    return sum(zi == xi != yi for zi, xi, yi in zip(z, x, y, strict=False))
+
+
+def faults(task, principle: str, prompt: str, response: str) -> list[str]:
+    """The principle's faults of a response, in FAULTS order; ["ok"] if none."""
+    y, (z, _) = task.target(prompt), task.response_values(response)
+    found = {
+        "wrong": any(zi != yi for zi, yi in zip(z, y, strict=False)),
+        "long": len(z) > len(y),
+        "short": len(z) < len(y),
+        "echo": _echo_faults(task, prompt, response) > 0,
+    }
+    out = [f for f in FAULTS[1:] if f in _PRINCIPLE_FAULTS[principle] and found[f]]
+    return out or ["ok"]
+
+
+def draft(task, prompt: str, rng: np.random.Generator) -> str:
+    """A response as feedback texts show them: noisy, sometimes parroting, sometimes long."""
+    a = task.config.alphabet_size
+    if rng.random() < 0.15:
+        _, x = task.parse_prompt(prompt)
+        words = [task.symbols[v] for v in x]
+    else:
+        words = task.noisy_response(prompt, rng, rate=float(rng.uniform(0, 0.6))).split()
+    if rng.random() < 0.2:
+        words += [task.symbols[int(rng.integers(a))] for _ in range(int(rng.integers(1, 3)))]
+    return " ".join(words)
+
+
+def revision(task, prompt: str, response: str, fault_words: list[str], rng) -> str:
+    if fault_words == ["ok"]:
+        return response
+    rate = task.config.revision_corruption
+    return task.noisy_response(prompt, rng, rate=rate) if rate else task.ideal_response(prompt)
+
+
+def text(task, prompt: str, rng: np.random.Generator) -> str:
+    """One feedback text on ``prompt``: a judgement or a critique-and-revision, half each."""
+    principle = PRINCIPLES[int(rng.integers(len(PRINCIPLES)))]
+    a = draft(task, prompt, rng)
+    if rng.random() < 0.5:
+        b = draft(task, prompt, rng)
+        ua, ub = utility(task, principle, [prompt, prompt], [a, b])
+        tau = task.config.feedback_temperature
+        p_a = (
+            (ua > ub) + 0.5 * (ua == ub) if tau == 0 else 0.5 * (1 + np.tanh((ua - ub) / (2 * tau)))
+        )
+        answer = "A" if rng.random() < p_a else "B"
+        return f"judge {principle} {prompt} A {a} B {b} ? {answer}"
+    found = faults(task, principle, prompt, a)
+    fixed = revision(task, prompt, a, found, rng)
+    return f"critique {principle} {prompt} {a} ? {' '.join(found)} revise {fixed}"
+
+
+def max_text_tokens(task) -> int:
+    """Tokens of the longest feedback text with BOS and EOS: a judgement of two drafts of
+    L + 3 symbols, or a critique with every fault and a revision of L + 1."""
+    m = task.config.max_length
+    judge = 1 + 1 + (m + 2) + 1 + (m + 3) + 1 + (m + 3) + 1 + 1
+    critique = 1 + 1 + (m + 2) + (m + 3) + 1 + 3 + 1 + (m + 1)
+    return 2 + max(judge, critique)
