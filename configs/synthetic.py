@@ -28,6 +28,7 @@ import dataclasses
 from rlhf_jax.models import ModelConfig
 from rlhf_jax.synthetic import (
     EvalConfig,
+    FeedbackSettings,
     PipelineConfig,
     PPOStage,
     PreferenceConfig,
@@ -38,6 +39,7 @@ from rlhf_jax.synthetic import (
 from rlhf_jax.synthetic.scenarios import SCENARIOS
 from rlhf_jax.training.config import config_dict
 from rlhf_jax.training.dpo import DPOLossConfig
+from rlhf_jax.training.feedback import FeedbackConfig
 from rlhf_jax.training.optimizer import OptimizerConfig
 from rlhf_jax.training.ppo import PPOConfig
 from rlhf_jax.training.reward import RewardLossConfig
@@ -60,14 +62,24 @@ def _stage(steps, batch_size, learning_rate, examples=0, eval_fraction=0.0):
     )
 
 
+CAI_VARIANTS = ("cai", "cai_raters")
+
+
 def get_config(arg=None):
     parts = [p for p in (arg or "").split(",") if p]
     smoke = "smoke" in parts
-    scenarios = [p for p in parts if p != "smoke"]
-    if len(scenarios) > 1 or any(p not in SCENARIOS for p in scenarios):
+    cai = [p for p in parts if p in CAI_VARIANTS]
+    scenarios = [p for p in parts if p != "smoke" and p not in CAI_VARIANTS]
+    if (
+        len(scenarios) > 1
+        or len(cai) > 1
+        or any(p not in SCENARIOS for p in scenarios)
+        or (cai == ["cai"] and scenarios)
+    ):
         raise ValueError(
-            f"unknown variant {arg!r}; expected none, 'smoke', a scenario ({', '.join(SCENARIOS)}) "
-            "or 'smoke,<scenario>'"
+            f"unknown variant {arg!r}; expected none, 'smoke', a scenario "
+            f"({', '.join(SCENARIOS)}), 'cai' or 'cai_raters' (optionally with a scenario), each "
+            "optionally with 'smoke'"
         )
     # A small Llama-style LM, trained from scratch (vocab_size becomes the task's).
     model = ModelConfig(
@@ -147,17 +159,59 @@ def get_config(arg=None):
             best_of_n=8 if smoke else 16,
         ),
     )
+    if cai:
+        config = _cai(config, cai[0], smoke)
     if scenarios:
         config = _scenario(config, scenarios[0], smoke)
     return config_dict(config)
 
 
+def _cai(config, variant, smoke):
+    """Constitutional AI on the synthetic task: the base LM's corpus carries the task's feedback
+    language (judgements and critiques under principles, `rlhf_jax.synthetic.feedback`).
+    ``cai``: RL-CAI (the pretrained base labels every pair, no rater) and SL-CAI (it critiques
+    and revises SFT samples). ``cai_raters``: the same base and SFT, the simulated raters label
+    (the comparison at the same number of labels); it reads pretrain and SFT from ``cai``'s run."""
+    root = "runs/cai_smoke" if smoke else "runs/cai"
+    task = dataclasses.replace(config.task, feedback_examples=0.5)
+    # The base reads the feedback language from its corpus: longer, with more examples.
+    pretrain = dataclasses.replace(
+        config.train.pretrain,
+        steps=config.train.pretrain.steps if smoke else 2000,
+        examples=config.train.pretrain.examples if smoke else 40000,
+    )
+    train = dataclasses.replace(
+        config.train, pretrain=pretrain, grpo=dataclasses.replace(config.train.grpo, iterations=0)
+    )
+    if variant == "cai":
+        # The judge critiques both responses before it answers (chain-of-thought; its
+        # probabilities are clamped to [0.4, 0.6]) under two of three principles per pair.
+        ai = FeedbackConfig(principles_per_pair=2, cot=True, cot_max_tokens=24)
+        feedback = FeedbackSettings(
+            labels="ai",
+            principles=("correct", "concise", "original"),
+            ai=ai,
+            revise_prompts=128 if smoke else 2048,
+        )
+        return dataclasses.replace(
+            config, run_dir=f"{root}/ai", task=task, train=train, feedback=feedback
+        )
+    return dataclasses.replace(
+        config, run_dir=f"{root}/raters", base_run_dir=f"{root}/ai", task=task, train=train
+    )
+
+
 def _scenario(config, name, smoke):
-    """The pipeline with the scenario's raters, on the default run's SFT policy."""
-    base = config.run_dir
+    """The pipeline with the scenario's raters, on the default run's SFT policy (on ``cai``'s
+    with ``cai_raters``)."""
+    base = config.base_run_dir or config.run_dir
     return dataclasses.replace(
         config,
-        run_dir=f"runs/scenarios{'_smoke' if smoke else ''}/{name}",
+        run_dir=(
+            f"{config.run_dir}_{name}"
+            if config.base_run_dir
+            else f"runs/scenarios{'_smoke' if smoke else ''}/{name}"
+        ),
         base_run_dir=base,
         task=dataclasses.replace(config.task, **SCENARIOS[name].raters),
         train=dataclasses.replace(

@@ -220,13 +220,12 @@ def test_critique_and_revise_keeps_every_text_and_counts_what_it_did_not_use(tmp
     )  # fmt: skip
     assert out["sft_rows"] == [
         {"prompt": "p1", "completion": "good"},
-        {"prompt": "p2", "completion": "loop"},
         {"prompt": "p3", "completion": "good"},
     ]
     assert out["pair_rows"] == [{"prompt": "p1", "chosen": "good", "rejected": "bad"}]
     # p2's revisions never reached EOS (2 rounds); the rest were used.
-    assert out["info"] == {"prompts": 3, "rounds": 2, "kept_previous": 2, "unrevised": 2,
-                           "empty_final": 0, "pairs": 1}  # fmt: skip
+    info = {"prompts": 3, "rounds": 2, "kept_previous": 2, "revised": 2, "unrevised": 2}
+    assert out["info"] == {**info, "empty_final": 0, "pairs": 1}
     first = out["records"][0]
     assert first["draft"] == "bad" and first["final"] == "good"
     assert first["rounds"][0] == {"principle": "n", "critique": "fix", "revision": "good",
@@ -252,7 +251,7 @@ def test_synthetic_feedback_language_by_hand():
         gold + 0.25 * np.array([3, 4, 3, 3]) + 0.25 * np.array([1, 1, 3, 0]),  # "4" echoes
     )
     assert language.faults(task, "correct", p[0], "1 3 4 4") == ["long"]
-    assert language.faults(task, "correct", p[0], "3 1") == ["wrong", "short"]
+    assert language.faults(task, "correct", p[0], "3 1") == ["wrong", "wrong", "short"]
     assert language.faults(task, "original", p[0], "3 1 4") == ["echo"]
     assert language.faults(task, "concise", p[0], "3 1 4") == ["ok"]
     texts = [row["completion"] for row in task.pretraining_corpus(200)]
@@ -270,3 +269,10 @@ def test_synthetic_feedback_language_by_hand():
     assert c.comparison_prompt("sort 3 1 4 =", "1 3 4", "3 1", c.principles[1]) == (
         "judge concise sort 3 1 4 = A 1 3 4 B 3 1 ?"
     )
+    cot = c.comparison_prompt("sort 3 1 4 =", "1 3 4", "3 1", c.principles[0], cot=True)
+    assert cot + " A ok B wrong wrong short" + c.cot_answer() == (
+        "judge correct sort 3 1 4 = A 1 3 4 B 3 1 ? think A ok B wrong wrong short hence"
+    )
+    assert c.trim("A ok B wrong hence A") == "A ok B wrong"
+    reasoned = [t for t in judged if " think " in t]
+    assert reasoned and all(t.split(" hence ")[1] in ("A", "B") for t in reasoned)

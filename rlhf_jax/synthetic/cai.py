@@ -140,6 +140,12 @@ def sl_cai(pipeline):
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"[sl_cai] {json.dumps(summary)}")
+    if not readable:
+        raise ValueError(
+            f"SL-CAI: none of {len(prompts)} drafts got a usable revision (records in "
+            f"{out / 'records.jsonl'}); the feedback model does not revise yet: pretrain it "
+            "longer or with more feedback_examples, or set feedback.revise_prompts=0"
+        )
     stage = f.sl_cai or _quarter(c.train.sft)
     return pipeline.run_stage(
         sft_lib.PHASE, "sl_cai", stage, model=pipeline.source("sft"), data_path=sft_path

@@ -128,7 +128,7 @@ def evaluate(pipeline) -> dict:
         return {"gold": gold, "proxy": proxy, "kl": kl, "length": lengths, "echo": echo}
 
     results = {}
-    for salt, phase in enumerate(("sft", "ppo", "dpo", "grpo", "sl_cai")):
+    for salt, phase in enumerate(("sft", "ppo", "dpo", "grpo", "sl_cai", "rounds")):
         if pipeline.enabled(phase) and pipeline.done(phase):
             results[phase] = judge(phase, tokens, mask, m, t, salt)
     summary = {
@@ -143,7 +143,7 @@ def evaluate(pipeline) -> dict:
     }
     win_rates = {}
     pairs = (("ppo", "sft"), ("dpo", "sft"), ("ppo", "dpo"), ("grpo", "sft"), ("grpo", "ppo"),
-             ("sl_cai", "sft"))  # fmt: skip
+             ("sl_cai", "sft"), ("rounds", "sft"), ("rounds", "ppo"))  # fmt: skip
     for a, b in pairs:
         if a in results and b in results:
             win_rates[f"{a} vs {b}"] = ev.win_rate(

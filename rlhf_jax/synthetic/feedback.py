@@ -4,8 +4,10 @@ With ``SyntheticTaskConfig.feedback_examples`` > 0 the vocabulary gains the word
 share of the pretraining texts are feedback texts instead of plain examples, the way web text
 teaches a pretrained LM, imperfectly, to judge and to revise:
 
-    judge correct sort 3 1 4 = A 1 3 4 B 1 4 3 ? A          a judgement under "correct"
-    critique concise sort 3 1 4 = 1 3 4 4 ? long revise 1 3 4  a critique, then the revision
+    judge correct sort 3 1 4 = A 1 3 4 B 1 4 3 ? A                a judgement, "correct"
+    judge correct sort 3 1 4 = A 1 3 4 B 1 4 3 ? think A ok B wrong wrong hence A
+                                                                 one reasoning first
+    critique concise sort 3 1 4 = 1 3 4 4 ? long revise 1 3 4      a critique and revision
 
 The texts follow written rules, one per principle (the utility u the writer compares, with r*
 the gold reward, M the response's length, L the target's, E its symbols echoing the prompt
@@ -18,10 +20,13 @@ where the target differs from the prompt):
                                              raters, favour long answers and parroting, A = all
                                              prompt matches); faults: wrong
 
-A judgement picks A with probability σ((u_a − u_b)/τ), τ = ``feedback_temperature``. A
-critique lists the principle's faults of the response ("ok" if none); the revision is then the
-ideal response with each symbol wrong with probability ``revision_corruption`` (the response
-itself when "ok"). Drafts in these texts are noisy responses, some parroting the prompt, some
+A judgement picks A with probability σ((u_a − u_b)/τ), τ = ``feedback_temperature``; half
+of them first critique both responses after "think", then "hence" and the choice:
+chain-of-thought, which a small LM follows far more easily than it judges at once (the
+critiques are the comparison, written out). A critique lists the principle's faults of the
+response ("wrong" once per wrong symbol, "ok" if none); the revision is then the ideal
+response with each symbol wrong with probability ``revision_corruption`` (the response itself
+when "ok"). Drafts in these texts are noisy responses, some parroting the prompt, some
 too long. The model that learns this language reads the principle word in its prompt: it is
 judged by the same `rlhf_jax.training.feedback` code as any causal LM, with `constitution()`.
 """
@@ -36,7 +41,7 @@ from rlhf_jax.training.feedback.constitution import Constitution, from_dict
 
 PRINCIPLES = ("correct", "concise", "original", "better")
 FAULTS = ("ok", "wrong", "long", "short", "echo")
-WORDS = ("judge", "critique", "revise", "A", "B", "?", *FAULTS, *PRINCIPLES)
+WORDS = ("judge", "critique", "revise", "A", "B", "?", "think", "hence", *FAULTS, *PRINCIPLES)
 _PRINCIPLE_FAULTS = {
     "correct": ("wrong", "long", "short"),
     "concise": ("long",),
@@ -57,12 +62,11 @@ def constitution(principles: Sequence[str] = PRINCIPLES) -> Constitution:
                 {"name": p, "critique": p, "revision": p, "comparison": p} for p in principles
             ],
             "options": ["A", "B"],
-            "stop": ["revise"],
+            "stop": ["revise", "hence"],
             "templates": {
                 "comparison": "judge {question} {prompt} A {a} B {b} ?",
-                # The language has no reasoning: chain-of-thought writes nothing of use.
-                "comparison_cot": "judge {question} {prompt} A {a} B {b} ?",
-                "cot_answer": "",
+                "comparison_cot": "judge {question} {prompt} A {a} B {b} ? think",
+                "cot_answer": " hence",
                 "critique": "critique {request} {prompt} {response} ?",
                 "revision": "critique {request} {prompt} {response} ? {critique_text} revise",
             },
@@ -98,7 +102,8 @@ def _echo_faults(task, prompt: str, response: str) -> int:
 
 
 def faults(task, principle: str, prompt: str, response: str) -> list[str]:
-    """The principle's faults of a response, in FAULTS order; ["ok"] if none."""
+    """The principle's faults of a response, in FAULTS order, "wrong" once per wrong symbol;
+    ["ok"] if none."""
     y, (z, _) = task.target(prompt), task.response_values(response)
     found = {
         "wrong": any(zi != yi for zi, yi in zip(z, y, strict=False)),
@@ -106,7 +111,9 @@ def faults(task, principle: str, prompt: str, response: str) -> list[str]:
         "short": len(z) < len(y),
         "echo": _echo_faults(task, prompt, response) > 0,
     }
+    wrong = sum(zi != yi for zi, yi in zip(z, y, strict=False))
     out = [f for f in FAULTS[1:] if f in _PRINCIPLE_FAULTS[principle] and found[f]]
+    out = [w for f in out for w in [f] * (wrong if f == "wrong" else 1)]
     return out or ["ok"]
 
 
@@ -142,6 +149,9 @@ def text(task, prompt: str, rng: np.random.Generator) -> str:
             (ua > ub) + 0.5 * (ua == ub) if tau == 0 else 0.5 * (1 + np.tanh((ua - ub) / (2 * tau)))
         )
         answer = "A" if rng.random() < p_a else "B"
+        if rng.random() < 0.5:
+            fa, fb = (" ".join(faults(task, principle, prompt, r)) for r in (a, b))
+            answer = f"think A {fa} B {fb} hence {answer}"
         return f"judge {principle} {prompt} A {a} B {b} ? {answer}"
     found = faults(task, principle, prompt, a)
     fixed = revision(task, prompt, a, found, rng)
@@ -150,8 +160,11 @@ def text(task, prompt: str, rng: np.random.Generator) -> str:
 
 def max_text_tokens(task) -> int:
     """Tokens of the longest feedback text with BOS and EOS: a judgement of two drafts of
-    L + 3 symbols, or a critique with every fault and a revision of L + 1."""
+    L + 3 symbols reasoning with both critiques, or a critique with every fault and a revision
+    of L + 1."""
     m = task.config.max_length
+    critique_words = m + 2  # every symbol wrong, long or short, echo
     judge = 1 + 1 + (m + 2) + 1 + (m + 3) + 1 + (m + 3) + 1 + 1
-    critique = 1 + 1 + (m + 2) + (m + 3) + 1 + 3 + 1 + (m + 1)
+    judge += 1 + 2 * (1 + critique_words) + 1
+    critique = 1 + 1 + (m + 2) + (m + 3) + 1 + critique_words + 1 + (m + 1)
     return 2 + max(judge, critique)

@@ -17,7 +17,6 @@ import pathlib
 import time
 from typing import Any
 
-import jax
 import numpy as np
 
 from rlhf_jax import checkpoint as ckpt_lib
@@ -25,12 +24,13 @@ from rlhf_jax import data as data_lib
 from rlhf_jax import models, rewards
 from rlhf_jax import sharding as sharding_lib
 from rlhf_jax.generation import SamplingConfig
-from rlhf_jax.inference import Sampler, decode_responses
+from rlhf_jax.inference import Sampler
 from rlhf_jax.interrupts import interrupt_flag
 from rlhf_jax.logging import jsonable
 from rlhf_jax.placement import ModelSource, place_model
-from rlhf_jax.synthetic import cai
+from rlhf_jax.synthetic import cai, collect
 from rlhf_jax.synthetic import evaluate as evaluate_lib
+from rlhf_jax.synthetic import rounds as rounds_lib
 from rlhf_jax.synthetic import task as task_lib
 from rlhf_jax.synthetic.pipeline_config import (
     BASE_PHASES,
@@ -85,10 +85,12 @@ class Pipeline:
         """Where ``phase``'s artifact is: this run's, or the base run's for pretrain and SFT."""
         if self.base is not None and phase in BASE_PHASES:
             return self.base / phase / "artifact"
+        if phase == "rounds":  # iterated RLHF's policy: the last round's PPO
+            return self.path("rounds", f"round_{self.config.iteration.rounds}", "ppo", "artifact")
         return self.path(phase, "artifact")
 
     def done(self, phase: str) -> bool:
-        if phase in ("preferences", "evaluate"):
+        if phase in ("preferences", "rounds", "evaluate"):
             return self.path(phase, "DONE").exists()
         if self.base is not None and phase in BASE_PHASES:
             if not ckpt_lib.artifact_exists(self.artifact(phase)):
@@ -135,6 +137,8 @@ class Pipeline:
         =0`` leave them out); every other phase runs."""
         if phase == "sl_cai":
             return self.config.feedback.revise_prompts > 0
+        if phase == "rounds":
+            return self.config.iteration.rounds > 1
         return phase != "grpo" or self.config.train.grpo.iterations > 0
 
     def source(self, artifact_phase: str | None) -> ModelSource:
@@ -185,8 +189,10 @@ class Pipeline:
         )
 
     def policy_sampler(self, phase: str, *, temperature: float, batch_size: int = 256):
-        """(the policy ``phase`` trained, a `Sampler` of it at ``temperature``)."""
-        policy = place_model(str(self.artifact(phase)), head="lm", mesh=self.mesh)
+        """(the policy ``phase`` trained (or at the artifact path ``phase``), a `Sampler` of it
+        at ``temperature``)."""
+        path = self.artifact(phase) if phase in PHASES else phase  # a phase, or a path
+        policy = place_model(str(path), head="lm", mesh=self.mesh)
         sampling = SamplingConfig(
             max_new_tokens=self.config.ppo.response_length,
             temperature=temperature,
@@ -221,51 +227,15 @@ class Pipeline:
         )
 
     def preferences(self):
-        """Pairs sampled from the SFT policy, labelled by the simulated raters."""
+        """Pairs sampled from the SFT policy, labelled by the simulated raters (or, with
+        ``feedback.labels="ai"``, the feedback model: RL-CAI)."""
         c = self.config
         prompts = self.task.prompts(c.preferences.prompts, split="train")
-        tokens, mask = self.encode(prompts)
-        _, sampler = self.policy_sampler("sft", temperature=c.preferences.temperature)
-        key = jax.random.key(c.seed + 101)
-        a_tok, a_mask = sampler(tokens, mask, jax.random.fold_in(key, 0))
-        b_tok, b_mask = sampler(tokens, mask, jax.random.fold_in(key, 1))
-        a_text, a_end = decode_responses(self.tokenizer, a_tok, a_mask, task_lib.EOS_ID)
-        b_text, b_end = decode_responses(self.tokenizer, b_tok, b_mask, task_lib.EOS_ID)
-        # Pairs that carry no preference (identical) or that a rater could not read (no EOS,
-        # an empty answer) are left out, and counted.
-        keep, dropped = [], {"identical": 0, "no_eos": 0, "empty": 0}
-        for i in range(len(prompts)):
-            if not (a_end[i] and b_end[i]):
-                dropped["no_eos"] += 1
-            elif not a_text[i] or not b_text[i]:
-                dropped["empty"] += 1
-            elif a_text[i] == b_text[i]:
-                dropped["identical"] += 1
-            else:
-                keep.append(i)
-        pick = lambda xs: [xs[i] for i in keep]
-        out = self.path("preferences")
-        out.mkdir(parents=True, exist_ok=True)
-        if c.feedback.labels == "ai":  # RL-CAI: the feedback model labels, no rater
-            rows, labels = cai.ai_labels(
-                self, pick(prompts), pick(a_text), pick(b_text), seed=c.seed + 102,
-                record_path=out / "feedback.jsonl",
-            )  # fmt: skip
-        else:
-            rows, info = self.task.label_pairs(pick(prompts), pick(a_text), pick(b_text))
-            labels = {
-                "label_agreement_with_gold": info["agreement"],
-                "gold_ties": info["num_gold_ties"],
-                "longer_chosen": info["longer_chosen"],
-                "longer_better_by_gold": info["longer_better_by_gold"],
-            }
-        path = self.write_rows("preferences.jsonl", rows)
-        summary = {"prompts": len(prompts), "pairs": len(rows), "dropped": dropped,
-                   "labels": c.feedback.labels, **labels, "path": path}  # fmt: skip
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        (out / "DONE").write_text("")
-        print(f"[preferences] {json.dumps(summary)}")
-        return summary
+        data = self.path("data", "preferences.jsonl")
+        data.parent.mkdir(parents=True, exist_ok=True)
+        return collect.collect_preferences(
+            self, "sft", prompts, self.path("preferences"), data, seed=c.seed + 101
+        )
 
     def _on_preferences(self, phase: Phase, **section):
         """The reward or DPO phase: the SFT policy trained on the labelled pairs."""
@@ -281,6 +251,9 @@ class Pipeline:
     def sl_cai(self):
         return cai.sl_cai(self)
 
+    def rounds(self):
+        return rounds_lib.run_rounds(self)
+
     def reward(self):
         return self._on_preferences(reward_lib.PHASE, reward=self.config.reward)
 
@@ -288,16 +261,19 @@ class Pipeline:
         return self._on_preferences(dpo_lib.PHASE, dpo=self.config.dpo)
 
     def run_rl(
-        self, name: str, stage: PPOStage, ppo, *, reward, reward_functions=(), stop_after=None
-    ):
-        """An RL phase (PPO or GRPO) from the SFT policy, with the hacking monitors, in
-        ``<run_dir>/<name>`` (or at ``name`` if absolute)."""
+        self, name: str, stage: PPOStage, ppo, *, reward, reward_functions=(), stop_after=None,
+        policy=None, reference=None, prompts=None,
+    ):  # fmt: skip
+        """An RL phase (PPO or GRPO) with the hacking monitors, in ``<run_dir>/<name>`` (or at
+        ``name`` if absolute): from ``policy`` (default: the SFT policy) against ``reference``
+        (default: the policy's start), on ``prompts`` (default: ``stage.prompts`` train ones)."""
         c = self.config
-        prompts = self.task.prompts(stage.prompts, split="train")
+        prompts = prompts or self.task.prompts(stage.prompts, split="train")
         path = self.write_rows(f"{name}_prompts.jsonl", [{"prompt": p} for p in prompts])
         run = ppo_lib.PPORunConfig(
             run_dir=str(self.path(name)),
-            policy=self.source("sft"),
+            policy=policy or self.source("sft"),
+            reference=reference,
             reward=reward,
             prompts=path,
             prompt_length=self.task.max_prompt_tokens,

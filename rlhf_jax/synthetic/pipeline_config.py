@@ -18,7 +18,8 @@ from rlhf_jax.training import reward as reward_lib
 from rlhf_jax.training.config import build
 from rlhf_jax.training.optimizer import OptimizerConfig
 
-PHASES = ("pretrain", "sft", "sl_cai", "preferences", "reward", "ppo", "grpo", "dpo", "evaluate")
+PHASES = ("pretrain", "sft", "sl_cai", "preferences", "reward", "ppo", "rounds", "grpo", "dpo",
+          "evaluate")  # fmt: skip
 # What ``base_run_dir`` supplies: the phases the raters' settings never reach.
 BASE_PHASES = ("pretrain", "sft")
 RATER_FIELDS = ("rater_temperature", "disagreement", "random_label_rate", "length_bias",
@@ -94,6 +95,32 @@ class FeedbackSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class IterationConfig:
+    """Iterated RLHF (`rlhf_jax.synthetic.rounds`): after the first pass (preferences → reward
+    model → PPO), each later round samples new pairs from the current policy, labels them,
+    trains the reward model on every label so far (continuing from the last round's), continues
+    PPO from the current policy, and adds the round's red-team regressions to the next round's
+    prompts."""
+
+    rounds: int = 1  # 1 = one pass; R > 1 runs rounds 2..R in <run_dir>/rounds/
+    prompts: int = 0  # new preference prompts per later round (0 = preferences.prompts)
+    reference: str = "sft"  # later rounds' KL reference: "sft" (fixed) or "previous" round's
+    reward_steps: int = 0  # reward-model steps per later round (0 = train.reward.steps)
+    ppo: PPOStage | None = None  # each later round's PPO schedule (None = train.ppo)
+    probe_prompts: int = 256  # train prompts answered greedily before and after each round
+    tolerance: float = 0.05  # a probe prompt whose gold drops by more is a regression
+    stats_prompts: int = 256  # held-out prompts for each round's proxy–gold statistics
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError(f"iteration.rounds={self.rounds}; expected >= 1")
+        if self.reference not in ("sft", "previous"):
+            raise ValueError(
+                f"iteration.reference={self.reference!r}; expected 'sft' or 'previous'"
+            )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     prompts: int = 200  # held-out prompts
     samples_per_prompt: int = 4  # samples per prompt and policy (their mean gold is compared)
@@ -120,6 +147,7 @@ class PipelineConfig:
     train: Training
     preferences: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
     feedback: FeedbackSettings = dataclasses.field(default_factory=FeedbackSettings)
+    iteration: IterationConfig = dataclasses.field(default_factory=IterationConfig)
     reward: reward_lib.RewardLossConfig = dataclasses.field(
         default_factory=reward_lib.RewardLossConfig
     )

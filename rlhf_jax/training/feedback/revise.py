@@ -5,7 +5,7 @@ critique of the current response under the principle's critique request, then fo
 under its revision request given that critique; the revision becomes the current response.
 The result (Bai et al. 2022; the open recipes' data):
 
-    SFT rows      {"prompt", "completion": final revision}
+    SFT rows      {"prompt", "completion": final revision}     (prompts with a used revision)
     pair rows     {"prompt", "chosen": final revision, "rejected": draft}     (for DPO)
     records       every intermediate text: draft, and per round principle, critique, revision
 
@@ -98,7 +98,12 @@ def critique_and_revise(
                 current[i] = rev
     for rec, final in zip(records, current, strict=True):
         rec["final"] = final
-    sft_rows = [{"prompt": p, "completion": c} for p, c in zip(prompts, current, strict=True) if c]
+    revised = [any(r["used"] for r in rec["rounds"]) for rec in records]
+    sft_rows = [
+        {"prompt": p, "completion": c}
+        for p, c, ok in zip(prompts, current, revised, strict=True)
+        if ok and c
+    ]
     pair_rows = [
         {"prompt": p, "chosen": c, "rejected": d}
         for p, c, d in zip(prompts, current, drafts, strict=True)
@@ -108,6 +113,7 @@ def critique_and_revise(
         "prompts": len(prompts),
         "rounds": config.rounds,
         "kept_previous": kept_previous,
+        "revised": sum(revised),
         "unrevised": sum(c == d for c, d in zip(current, drafts, strict=True)),
         "empty_final": sum(not c for c in current),
         "pairs": len(pair_rows),

@@ -48,7 +48,10 @@ from rlhf_jax.training.ppo.setup import (
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PPORunConfig:
     run_dir: str  # checkpoints, logs and the final policy artifact
-    policy: ModelSource  # the SFT policy (also the frozen reference)
+    policy: ModelSource  # the SFT policy (also the frozen reference, unless ``reference``)
+    # The frozen reference of the KL penalty when it is not the policy's start (e.g. iterated
+    # RLHF continues a later round's policy against the SFT policy); same architecture.
+    reference: ModelSource | None = None
     reward: ModelSource | None = None  # the reward model; None: reward functions only
     rewards: rewards.RewardsConfig = dataclasses.field(default_factory=rewards.RewardsConfig)
     prompts: str  # a .json/.jsonl/.parquet file (or hub dataset) with a "prompt" column
@@ -230,6 +233,7 @@ def run_ppo(
         "iterations": config.iterations,  # the schedules' length
         "prompt_length": config.prompt_length,
         "seed": config.seed,
+        **({"reference": dataclasses.asdict(config.reference)} if config.reference else {}),
         # A run with adapters resumes only with the same ones (absent without, as before).
         **({"lora": config.policy.adapters.to_dict()} if config.policy.adapters else {}),
     }

@@ -137,6 +137,22 @@ def init_ppo_state(config, mesh, *, reward_functions=()):
     if config.reward is not None:
         reward = place_model(config.reward, head="reward", mesh=mesh, seed=config.seed)
     critic = _critic(config, policy, reward, mesh)
+    reference = None
+    if config.reference is not None:
+        if config.policy.adapters:
+            raise ValueError(
+                "reference: a LoRA policy's reference is its base (adapters off); leave "
+                "reference unset, or merge the policy first"
+            )
+        ref = place_model(config.reference, head="lm", mesh=mesh, seed=config.seed)
+        if ref.config != policy.config:
+            raise ValueError(
+                "reference: its architecture differs from the policy's; the KL penalty needs "
+                "the same model"
+            )
+        reference = ref.params
+    elif not config.policy.adapters:
+        reference = copy_tree(policy.params)
     policy_tx, critic_tx = optimizers(ppo, config.iterations)
     policy_opt, policy_opt_sh = init_opt_state(policy_tx, policy.params, policy.shardings, mesh)
     critic_opt = critic_opt_sh = None
@@ -154,7 +170,7 @@ def init_ppo_state(config, mesh, *, reward_functions=()):
         critic_opt=critic_opt,
         frozen={
             # Under LoRA the reference is the policy with its adapters off: no copy.
-            "reference": None if config.policy.adapters else copy_tree(policy.params),
+            "reference": reference,
             "policy_rest": policy.rest,
             "reward": _or_none(reward, "params"),
             "reward_rest": _or_none(reward, "rest"),
