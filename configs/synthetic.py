@@ -183,10 +183,14 @@ def _cai(config, variant, smoke):
     train = dataclasses.replace(
         config.train, pretrain=pretrain, grpo=dataclasses.replace(config.train.grpo, iterations=0)
     )
+    # Judge prompts with their reasoning run to ~64 tokens.
+    model = dataclasses.replace(config.model, max_position_embeddings=128)
+    config = dataclasses.replace(config, model=model)
     if variant == "cai":
-        # The judge critiques both responses before it answers (chain-of-thought; its
-        # probabilities are clamped to [0.4, 0.6]) under two of three principles per pair.
-        ai = FeedbackConfig(principles_per_pair=2, cot=True, cot_max_tokens=24)
+        # The judge answers, marks both responses against its answer, then chooses
+        # (chain-of-thought; its probabilities are clamped to [0.4, 0.6]), under two of three
+        # principles per pair.
+        ai = FeedbackConfig(principles_per_pair=2, cot=True, cot_max_tokens=44)
         feedback = FeedbackSettings(
             labels="ai",
             principles=("correct", "concise", "original"),

@@ -59,6 +59,9 @@ def test_cai_and_two_rounds_smoke(tmp_path):
     r2 = json.loads((tmp_path / "rounds" / "round_2" / "preferences" / "summary.json").read_text())
     assert table[1]["labels"] == table[0]["labels"] + r2["pairs"]
     assert (tmp_path / "rounds" / "round_2" / "ppo" / "artifact" / "artifact.json").exists()
+    # Its KL reference stayed the SFT policy: round 2 starts away from it.
+    history = (tmp_path / "rounds" / "round_2" / "ppo" / "history.jsonl").read_text()
+    assert json.loads(history.splitlines()[0])["objective/kl"] != 0.0
     assert (tmp_path / "rounds" / "rounds.png").stat().st_size > 1000
     assert "| round |" in (tmp_path / "rounds" / "report.md").read_text()
     # Resume mid-round: with round 2's PPO gone, a rerun redoes only it and what follows.

@@ -250,10 +250,15 @@ def test_synthetic_feedback_language_by_hand():
         language.utility(task, "better", p, r),
         gold + 0.25 * np.array([3, 4, 3, 3]) + 0.25 * np.array([1, 1, 3, 0]),  # "4" echoes
     )
-    assert language.faults(task, "correct", p[0], "1 3 4 4") == ["long"]
-    assert language.faults(task, "correct", p[0], "3 1") == ["wrong", "wrong", "short"]
-    assert language.faults(task, "original", p[0], "3 1 4") == ["echo"]
-    assert language.faults(task, "concise", p[0], "3 1 4") == ["ok"]
+    # Critiques go symbol by symbol: the response's, the target's, and the verdict.
+    ok3 = ["1", "1", "ok", "3", "3", "ok", "4", "4", "ok"]
+    assert language.faults(task, "correct", p[0], "1 3 4 4") == [*ok3, "long"]
+    assert language.faults(task, "correct", p[0], "3 1") == [
+        "3", "1", "wrong", "1", "3", "wrong", "short"]  # fmt: skip
+    assert language.faults(task, "original", p[0], "3 1 4") == [
+        "3", "1", "wrong", "1", "3", "wrong", "4", "4", "ok", "echo"]  # fmt: skip
+    assert language.faults(task, "concise", p[0], "1 3 4") == ok3
+    assert language.faults(task, "better", p[0], "1 3 4 4 4") == ok3
     texts = [row["completion"] for row in task.pretraining_corpus(200)]
     judged = [t for t in texts if t.startswith("judge ")]
     critiqued = [t for t in texts if t.startswith("critique ")]

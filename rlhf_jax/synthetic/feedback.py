@@ -5,29 +5,29 @@ share of the pretraining texts are feedback texts instead of plain examples, the
 teaches a pretrained LM, imperfectly, to judge and to revise:
 
     judge correct sort 3 1 4 = A 1 3 4 B 1 4 3 ? A                a judgement, "correct"
-    judge correct sort 3 1 4 = A 1 3 4 B 1 4 3 ? think A ok B wrong wrong hence A
-                                                                 one reasoning first
-    critique concise sort 3 1 4 = 1 3 4 4 ? long revise 1 3 4      a critique and revision
+    judge correct sort 3 1 4 = A 1 3 B 1 4 ? think A 1 1 ok 3 3 ok short B 1 1 ok 4 3 wrong
+        short hence A                                           one reasoning first
+    critique concise sort 3 1 4 = 1 3 4 4 ? 1 1 ok 3 3 ok 4 4 ok long revise 1 3 4
 
 The texts follow written rules, one per principle (the utility u the writer compares, with r*
 the gold reward, M the response's length, L the target's, E its symbols echoing the prompt
 where the target differs from the prompt):
 
-    correct    u = r*                     faults: wrong, long, short
+    correct    u = r*                          faults: long, short
     concise    u = r* − 0.5 · max(0, M − L)    faults: long
     original   u = r* − 0.5 · E                faults: echo
-    better     u = r* + 0.25 · M + 0.25 · A    (a vague principle whose writers, like the biased
-                                             raters, favour long answers and parroting, A = all
-                                             prompt matches); faults: wrong
+    better     u = r* + 0.25 · M + 0.25 · A    none (a vague principle whose writers, like the
+                                               biased raters, favour long answers and
+                                               parroting; A = all prompt matches)
 
 A judgement picks A with probability σ((u_a − u_b)/τ), τ = ``feedback_temperature``; half
-of them first critique both responses after "think", then "hence" and the choice:
-chain-of-thought, which a small LM follows far more easily than it judges at once (the
-critiques are the comparison, written out). A critique lists the principle's faults of the
-response ("wrong" once per wrong symbol, "ok" if none); the revision is then the ideal
-response with each symbol wrong with probability ``revision_corruption`` (the response itself
-when "ok"). Drafts in these texts are noisy responses, some parroting the prompt, some
-too long. The model that learns this language reads the principle word in its prompt: it is
+of them reason first after "think": both responses critiqued, then "hence" and the choice.
+A critique goes symbol by symbol: the response's symbol, the target's at its place, and "ok"
+or "wrong" (a comparison of the two words just written, which a small LM learns where it
+cannot judge a whole response at once); then the principle's other faults. The revision is the
+ideal response with each symbol wrong with probability ``revision_corruption`` (the response itself
+when nothing is wrong). Drafts in these texts are noisy responses, some parroting the prompt,
+some too long. The model that learns this language reads the principle word in its prompt: it is
 judged by the same `rlhf_jax.training.feedback` code as any causal LM, with `constitution()`.
 """
 
@@ -42,11 +42,11 @@ from rlhf_jax.training.feedback.constitution import Constitution, from_dict
 PRINCIPLES = ("correct", "concise", "original", "better")
 FAULTS = ("ok", "wrong", "long", "short", "echo")
 WORDS = ("judge", "critique", "revise", "A", "B", "?", "think", "hence", *FAULTS, *PRINCIPLES)
-_PRINCIPLE_FAULTS = {
-    "correct": ("wrong", "long", "short"),
+_PRINCIPLE_FAULTS = {  # beyond the marks of each symbol, which every principle writes
+    "correct": ("long", "short"),
     "concise": ("long",),
     "original": ("echo",),
-    "better": ("wrong",),
+    "better": (),
 }
 
 
@@ -101,20 +101,21 @@ def _echo_faults(task, prompt: str, response: str) -> int:
     return sum(zi == xi != yi for zi, xi, yi in zip(z, x, y, strict=False))
 
 
-def faults(task, principle: str, prompt: str, response: str) -> list[str]:
-    """The principle's faults of a response, in FAULTS order, "wrong" once per wrong symbol;
-    ["ok"] if none."""
-    y, (z, _) = task.target(prompt), task.response_values(response)
+def faults(task, principle: str, prompt: str, response: str, answer: str | None = None):
+    """A critique's words: for each of the response's first L symbols, the symbol, the
+    target's there, and "ok" or "wrong"; then the principle's other faults (long, short, echo)
+    in FAULTS order. Against the target, or against ``answer`` (a response) when given."""
+    z, _ = task.response_values(response)
+    y = task.target(prompt) if answer is None else task.response_values(answer)[0]
     found = {
-        "wrong": any(zi != yi for zi, yi in zip(z, y, strict=False)),
         "long": len(z) > len(y),
         "short": len(z) < len(y),
         "echo": _echo_faults(task, prompt, response) > 0,
     }
-    wrong = sum(zi != yi for zi, yi in zip(z, y, strict=False))
-    out = [f for f in FAULTS[1:] if f in _PRINCIPLE_FAULTS[principle] and found[f]]
-    out = [w for f in out for w in [f] * (wrong if f == "wrong" else 1)]
-    return out or ["ok"]
+    sym = lambda v: task.symbols[v] if v >= 0 else "?"
+    marks = [w for zi, yi in zip(z, y, strict=False)
+             for w in (sym(zi), sym(yi), "ok" if zi == yi else "wrong")]  # fmt: skip
+    return marks + [f for f in FAULTS[2:] if f in _PRINCIPLE_FAULTS[principle] and found[f]]
 
 
 def draft(task, prompt: str, rng: np.random.Generator) -> str:
@@ -131,7 +132,7 @@ def draft(task, prompt: str, rng: np.random.Generator) -> str:
 
 
 def revision(task, prompt: str, response: str, fault_words: list[str], rng) -> str:
-    if fault_words == ["ok"]:
+    if set(fault_words) <= {"ok"}:
         return response
     rate = task.config.revision_corruption
     return task.noisy_response(prompt, rng, rate=rate) if rate else task.ideal_response(prompt)
@@ -160,10 +161,10 @@ def text(task, prompt: str, rng: np.random.Generator) -> str:
 
 def max_text_tokens(task) -> int:
     """Tokens of the longest feedback text with BOS and EOS: a judgement of two drafts of
-    L + 3 symbols reasoning with both critiques, or a critique with every fault and a revision
-    of L + 1."""
+    L + 3 symbols reasoning with both critiques, or a critique with every fault and a
+    revision of L + 1."""
     m = task.config.max_length
-    critique_words = m + 2  # every symbol wrong, long or short, echo
+    critique_words = 3 * m + 2  # three words per symbol, long or short, echo
     judge = 1 + 1 + (m + 2) + 1 + (m + 3) + 1 + (m + 3) + 1 + 1
     judge += 1 + 2 * (1 + critique_words) + 1
     critique = 1 + 1 + (m + 2) + (m + 3) + 1 + critique_words + 1 + (m + 1)

@@ -82,7 +82,7 @@ class FeedbackSettings:
     revise_prompts: int = 0
     revision: feedback_lib.RevisionConfig = dataclasses.field(
         default_factory=lambda: feedback_lib.RevisionConfig(
-            max_critique_tokens=4, max_revision_tokens=10
+            max_critique_tokens=24, max_revision_tokens=10
         )
     )
     sl_cai: Stage | None = None  # SL-CAI's SFT schedule (None: train.sft's, 1/4 of its steps)
