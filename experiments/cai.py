@@ -99,6 +99,7 @@ def summarise(root: pathlib.Path, names) -> dict:
             "gold_sft": policies["sft"]["gold"],
             "gold_ppo": policies[final]["gold"],
             "kl_ppo": policies[final]["kl"],
+            "length_sft": policies["sft"]["length"],
             "length_ppo": policies[final]["length"],
             "echo_ppo": policies[final]["echo"],
             "win_rate_vs_sft": wins[f"{final} vs sft"]["rate"],

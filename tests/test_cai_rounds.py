@@ -3,12 +3,15 @@ every text and trains on revisions, RL-CAI labels pairs with soft labels and no 
 round samples from the round-1 policy, trains on all labels, continues PPO and resumes
 mid-round."""
 
+import importlib.util
 import json
 import shutil
 
-from test_pipeline import synthetic_config
+import pytest
+from test_pipeline import ROOT, synthetic_config
 
-from rlhf_jax.synthetic import Pipeline
+from rlhf_jax.synthetic import Pipeline, PipelineConfig
+from rlhf_jax.training.config import build
 
 
 def _small(tmp_path, **overrides):
@@ -81,3 +84,21 @@ def test_cai_and_two_rounds_smoke(tmp_path):
         json.loads((tmp_path / "rounds" / "summary.json").read_text())["rounds"][1]["labels"]
         == table[1]["labels"]
     )
+
+
+def test_cai_variants_and_arms_build(tmp_path):
+    ai = synthetic_config("cai", tmp_path / "ai")
+    assert ai.feedback.labels == "ai" and ai.task.feedback_examples > 0 and ai.feedback.ai.cot
+    raters = synthetic_config("cai_raters,verbosity", tmp_path / "r")
+    assert raters.feedback.labels == "raters" and raters.task.length_bias == 0.5
+    assert raters.base_run_dir.endswith("cai/ai") and raters.task.feedback_examples > 0
+    with pytest.raises(ValueError, match="unknown variant"):
+        synthetic_config("cai,verbosity", tmp_path / "x")
+    spec = importlib.util.spec_from_file_location("cai_exp", ROOT / "experiments" / "cai.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    arms = {k: build(PipelineConfig, v.to_dict()) for k, v in module.arms(True, "r").items()}
+    assert arms["iterated"].iteration.rounds == 3
+    total = arms["iterated"].preferences.prompts + 2 * arms["iterated"].iteration.prompts
+    assert total == arms["one_round"].preferences.prompts  # as many prompts labelled in all
+    assert all(a.base_run_dir == "r/ai" for k, a in arms.items() if k != "ai")

@@ -110,14 +110,19 @@ def _rows(paths) -> list[dict]:
 
 
 def probe(pipeline, r: int, before, after) -> list[str]:
-    """The probe prompts (the red-team set and ``probe_prompts`` train prompts) whose greedy
-    answer's gold dropped from policy ``before`` to ``after``; kept in round_<r>/probe.json."""
+    """The probe prompts (the red-team set and ``probe_prompts`` train prompts no round
+    collects pairs on) whose greedy answer's gold dropped from policy ``before`` to
+    ``after``; kept in round_<r>/probe.json."""
     c = pipeline.config
     path = pipeline.path("rounds", f"round_{r}", "probe.json")
     if path.exists():
         return json.loads(path.read_text())["regressions"]
+    # The red-team set, and train prompts after every round's preference prompts.
+    it = c.iteration
+    used = c.preferences.prompts + c.feedback.revise_prompts
+    used += (it.rounds - 1) * (it.prompts or c.preferences.prompts)
     prompts = list(c.evaluation.red_team) or default_red_team_prompts(pipeline.task)
-    prompts += pipeline.task.prompts(c.iteration.probe_prompts, split="train")[::-1]
+    prompts += pipeline.task.prompts(used + it.probe_prompts, split="train")[used:]
     tokens, mask = pipeline.encode(prompts)
     gold_fn = jax.jit(pipeline.task.gold_reward_tokens)
 
