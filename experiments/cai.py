@@ -12,6 +12,11 @@ Arms (each the pipeline of `configs/synthetic.py:cai` or `:cai_raters`, on one p
     raters_<bias> raters with the verbosity or sycophancy bias of `synthetic.scenarios`
     iterated      raters (verbosity), three rounds of a third of the labels each
     one_round     the same total labels in one round (the comparison for ``iterated``)
+    iterated_lr   clean raters and PPO at 3e-4 (over-optimising): three rounds of a third of
+                  the labels and of the PPO iterations each
+    one_round_lr  the same prompts and iterations in one round
+    iterated_lr_matched  iterated_lr with twice the prompts in later rounds, which brings its
+                  labels level with one_round_lr's (later rounds lose more identical pairs)
 Writes runs/cai/report.md and report.json: per arm the labels' agreement with gold, PPO's gold,
 win rate over SFT and KL, which hacking monitors fired, SL-CAI's drafts against revisions, and
 the iterated arm's per-round table. Rerunning resumes: finished phases are skipped.
@@ -72,6 +77,20 @@ def arms(smoke: bool, root: str) -> dict:
     arm("iterated", "cai_raters,verbosity", **{"preferences.prompts": third,
         "iteration.rounds": 3, "iteration.prompts": third})  # fmt: skip
     arm("one_round", "cai_raters,verbosity", **{"preferences.prompts": 3 * third})
+    # Over-optimisation by a higher PPO learning rate (clean raters): three rounds of 100
+    # iterations on a third of the labels each, against one round of 300 on all of them.
+    lr = {"ppo.policy_optimizer.learning_rate": 3e-4}
+    iterations = out["raters"].train.ppo.iterations
+    arm("iterated_lr", "cai_raters", **lr, **{"preferences.prompts": third,
+        "iteration.rounds": 3, "iteration.prompts": third,
+        "train.ppo.iterations": iterations // 2})  # fmt: skip
+    arm("one_round_lr", "cai_raters", **lr, **{"preferences.prompts": 3 * third,
+        "train.ppo.iterations": 3 * (iterations // 2)})  # fmt: skip
+    # Later rounds sample from a sharper policy, so more of their pairs are identical and
+    # dropped: twice the prompts per later round brings the labels level with one round's.
+    arm("iterated_lr_matched", "cai_raters", **lr, **{"preferences.prompts": third,
+        "iteration.rounds": 3, "iteration.prompts": 2 * third,
+        "train.ppo.iterations": iterations // 2})  # fmt: skip
     return out
 
 
