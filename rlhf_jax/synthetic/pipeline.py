@@ -1,12 +1,14 @@
 """The whole pipeline on the embedded synthetic task, phase by phase, resumable.
 
-    pretrain → SFT → collect preferences → reward model → PPO   (and DPO on the same
-    preferences) → evaluation report
+    pretrain → SFT → [SL-CAI] → collect preferences → reward model → PPO → [later rounds]
+    (and DPO on the same preferences) → evaluation report
 
-Each phase writes its artifact under ``<run_dir>/<phase>/``; a rerun skips every phase whose
-artifact exists and resumes an unfinished one from its checkpoint, so an interrupted pipeline
-continues where it stopped. Everything is judged against the task's gold reward r*, which no
-phase trains on: the reward model learns from simulated raters' labels only.
+SL-CAI (`synthetic.cai`, ``feedback.revise_prompts`` > 0) and the rounds of iterated RLHF
+(`synthetic.rounds`, ``iteration.rounds`` > 1) are optional. Each phase writes its artifact
+under ``<run_dir>/<phase>/``; a rerun skips every phase whose artifact exists and resumes an
+unfinished one from its checkpoint, so an interrupted pipeline continues where it stopped.
+Everything is judged against the task's gold reward r*, which no phase trains on: the reward
+model learns from simulated raters' labels, or from a feedback model's (``feedback.labels``).
 """
 
 from __future__ import annotations
