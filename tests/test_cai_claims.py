@@ -1,5 +1,5 @@
 """(slow) Constitutional AI's claims on the synthetic task, judged by gold: `experiments/cai.py`
-end to end (~45 min on 2 cores), then its report."""
+end to end (~50 min on 2 cores), then its report."""
 
 import json
 import subprocess
@@ -32,3 +32,8 @@ def test_cai_arms_against_gold(tmp_path):
     # SL-CAI: revisions beat their drafts by gold, and SFT on them raises gold.
     assert ai["sl_cai_gold_revisions"] > ai["sl_cai_gold_drafts"] + 0.2
     assert ai["gold_sl_cai"] > ai["gold_sft"] + 0.2 and ai["sl_cai_win_rate_vs_sft"] >= 0.75
+    # Iterated RLHF with clean raters and matched labels: the proxy–gold gap on the policy's
+    # own samples shrinks every round (measured 0.284, 0.212, 0.140). Not asserted, because it
+    # is not met: final gold beating one round (measured 0.666 against 0.770).
+    gaps = [r["proxy_gold_gap"] for r in t["iterated_lr_matched"]["rounds"]]
+    assert gaps[2] < gaps[1] < gaps[0] and gaps[0] - gaps[2] > 0.05
