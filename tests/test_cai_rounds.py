@@ -10,6 +10,7 @@ import shutil
 import pytest
 from test_pipeline import ROOT, synthetic_config
 
+from rlhf_jax import interrupts
 from rlhf_jax.synthetic import Pipeline, PipelineConfig
 from rlhf_jax.training.config import build
 
@@ -86,7 +87,9 @@ def test_cai_and_two_rounds_smoke(tmp_path):
     )
 
 
-def test_cai_variants_and_arms_build(tmp_path):
+def test_cai_variants_and_arms_build(tmp_path, monkeypatch):
+    # The script installs process-wide signal handlers at import; a test must not.
+    monkeypatch.setattr(interrupts, "install", lambda: {})
     ai = synthetic_config("cai", tmp_path / "ai")
     assert ai.feedback.labels == "ai" and ai.task.feedback_examples > 0 and ai.feedback.ai.cot
     raters = synthetic_config("cai_raters,verbosity", tmp_path / "r")

@@ -24,11 +24,12 @@ A judgement picks A with probability σ((u_a − u_b)/τ), τ = ``feedback_tempe
 of them reason first after "think": both responses critiqued, then "hence" and the choice.
 A critique goes symbol by symbol: the response's symbol, the target's at its place, and "ok"
 or "wrong" (a comparison of the two words just written, which a small LM learns where it
-cannot judge a whole response at once); then the principle's other faults. The revision is the
-ideal response with each symbol wrong with probability ``revision_corruption`` (the response itself
-when nothing is wrong). Drafts in these texts are noisy responses, some parroting the prompt,
-some too long. The model that learns this language reads the principle word in its prompt: it is
-judged by the same `rlhf_jax.training.feedback` code as any causal LM, with `constitution()`.
+cannot judge a whole response at once); then the principle's other faults. The revision is a
+fresh answer, each symbol wrong with probability ``revision_corruption`` (with the length noise
+of pretraining responses), whatever the critique found. Drafts in these texts are noisy
+responses, some parroting the prompt, some too long. The model that learns this language reads
+the principle word in its prompt: it is judged by the same `rlhf_jax.training.feedback` code as
+any causal LM, with `constitution()`.
 """
 
 from __future__ import annotations
@@ -131,9 +132,10 @@ def draft(task, prompt: str, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
-def revision(task, prompt: str, response: str, fault_words: list[str], rng) -> str:
-    if set(fault_words) <= {"ok"}:
-        return response
+def revision(task, prompt: str, rng) -> str:
+    """A revision as the texts write it: a fresh answer, each symbol wrong with probability
+    ``revision_corruption`` and the length noise of `noisy_response` (also after a critique
+    that found nothing wrong)."""
     rate = task.config.revision_corruption
     return task.noisy_response(prompt, rng, rate=rate) if rate else task.ideal_response(prompt)
 
@@ -155,7 +157,7 @@ def text(task, prompt: str, rng: np.random.Generator) -> str:
             answer = f"think A {fa} B {fb} hence {answer}"
         return f"judge {principle} {prompt} A {a} B {b} ? {answer}"
     found = faults(task, principle, prompt, a)
-    fixed = revision(task, prompt, a, found, rng)
+    fixed = revision(task, prompt, rng)
     return f"critique {principle} {prompt} {a} ? {' '.join(found)} revise {fixed}"
 
 

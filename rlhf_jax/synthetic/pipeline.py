@@ -3,7 +3,8 @@
     pretrain → SFT → [SL-CAI] → collect preferences → reward model → PPO → [later rounds]
     (and DPO on the same preferences) → evaluation report
 
-SL-CAI (`synthetic.cai`, ``feedback.revise_prompts`` > 0) and the rounds of iterated RLHF
+SL-CAI (`synthetic.cai`, ``feedback.revise_prompts`` > 0: a branch from SFT, evaluated on its
+own; preferences, PPO and DPO start from SFT) and the rounds of iterated RLHF
 (`synthetic.rounds`, ``iteration.rounds`` > 1) are optional. Each phase writes its artifact
 under ``<run_dir>/<phase>/``; a rerun skips every phase whose artifact exists and resumes an
 unfinished one from its checkpoint, so an interrupted pipeline continues where it stopped.

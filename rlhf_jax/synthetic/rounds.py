@@ -63,14 +63,13 @@ def run_rounds(pipeline) -> dict:
                 seed=c.seed + 1000 * r, label_rng=np.random.default_rng([c.seed, 5, r]),
             )  # fmt: skip
         label_files.append(data)
-        all_labels = d / "all_preferences.jsonl"
-        if not all_labels.exists():
-            task_lib.write_jsonl(all_labels, _rows(label_files))
+        all_labels = d / "all_preferences.jsonl"  # deterministic: rewritten on every resume
+        task_lib.write_jsonl(all_labels, _rows(label_files))
         stage = c.train.reward
         if it.reward_steps:
             stage = dataclasses.replace(stage, steps=it.reward_steps)
         reward_dir = d / "reward"
-        if not (reward_dir / "artifact").exists():
+        if not ckpt_lib.artifact_exists(reward_dir / "artifact"):
             out = pipeline.run_stage(
                 reward_lib.PHASE, str(reward_dir), stage, model=_source(pipeline, reward),
                 data_path=str(all_labels), reward=c.reward,

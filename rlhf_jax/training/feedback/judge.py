@@ -105,7 +105,8 @@ class FeedbackModel:
 def draw_principles(constitution: Constitution, n: int, k: int, rng) -> np.ndarray:
     """(N, K) principle indices: K distinct ones per pair (all of them, shuffled, if K >= all)."""
     k = min(k, len(constitution.principles))
-    return np.stack([rng.permutation(len(constitution.principles))[:k] for _ in range(n)])
+    rows = [rng.permutation(len(constitution.principles))[:k] for _ in range(n)]
+    return np.stack(rows) if rows else np.zeros((0, k), np.int64)
 
 
 def ai_feedback(
