@@ -26,14 +26,13 @@ from rlhf_jax import interrupts
 
 interrupts.install()
 
-import importlib.util
 import json
 import pathlib
 
 from absl import app, flags
 
 from rlhf_jax.synthetic import Pipeline, PipelineConfig
-from rlhf_jax.training.config import build
+from rlhf_jax.training.config import build, load_get_config
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "The smoke-sized pipeline.")
 _ONLY = flags.DEFINE_list("arms", None, "Arms to run (default: all).")
@@ -41,11 +40,9 @@ _ROOT = flags.DEFINE_string("root", None, "Where the arms go (default: runs/cai[
 
 
 def _get_config():
-    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "synthetic.py"
-    spec = importlib.util.spec_from_file_location("synthetic_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config
+    return load_get_config(
+        pathlib.Path(__file__).resolve().parent.parent / "configs" / "synthetic.py"
+    )
 
 
 def arms(smoke: bool, root: str) -> dict:

@@ -16,7 +16,6 @@ from rlhf_jax import interrupts
 interrupts.install()
 
 import dataclasses
-import importlib.util
 import json
 import pathlib
 
@@ -24,7 +23,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from rlhf_jax.synthetic import Pipeline, PipelineConfig, scenarios
-from rlhf_jax.training.config import build
+from rlhf_jax.training.config import build, load_get_config
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "The smoke-sized pipeline.")
 _ONLY = flags.DEFINE_list("scenarios", list(scenarios.SCENARIOS), "Scenarios to run.")
@@ -43,11 +42,9 @@ THRESHOLDS = {
 
 
 def _configs():
-    path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "synthetic.py"
-    spec = importlib.util.spec_from_file_location("synthetic_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config
+    return load_get_config(
+        pathlib.Path(__file__).resolve().parent.parent / "configs" / "synthetic.py"
+    )
 
 
 def _sweep_markdown(histories) -> tuple[str, dict]:

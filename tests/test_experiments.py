@@ -110,3 +110,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and steps[-1] >= 3
     assert not (tmp_path / "artifact").exists()
+
+
+def test_load_get_config_reads_a_config_file_and_names_bad_ones(tmp_path):
+    from rlhf_jax.training.config import load_get_config
+
+    get = load_get_config(ROOT / "configs" / "synthetic.py")
+    assert get("smoke").console is True
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_get_config(tmp_path / "nowhere.py")
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match=r"empty\.py: defines no get_config"):
+        load_get_config(tmp_path / "empty.py")

@@ -15,6 +15,7 @@ Lists become tuples where the field is a tuple.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -155,3 +156,19 @@ def describe(cls: type, mapping: Mapping[str, Any], prefix: str = "") -> str:
         else:
             lines.append(f"{prefix}{name} = {value!r}{note}")
     return "\n".join(lines)
+
+
+def load_get_config(path: str | os.PathLike):
+    """The ``get_config(arg)`` function of the config file at ``path`` (what
+    ``--config=path:arg`` calls), for scripts that build several variants of one file."""
+    import importlib.util
+
+    path = os.fspath(path)
+    spec = importlib.util.spec_from_file_location("config_file", path)
+    if spec is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(f"{path}: defines no get_config(arg)")
+    return module.get_config
