@@ -12,6 +12,7 @@ from rlhf_jax.evaluation import (
     frontier,
     pareto_frontier,
     points_from_history,
+    reward_at_kl,
 )
 
 
@@ -92,3 +93,61 @@ def test_points_from_histories_and_frontier_of_points():
     assert frontier([no_gold]) == []
     with pytest.raises(ValueError, match="reward="):
         frontier(pts, reward="kl")
+
+
+def reward_at_kl_reference(kl, reward, target, window):
+    """Loops in plain Python floats: trailing means, then the best reward within the budget."""
+    best = math.nan
+    for i in range(len(kl)):
+        lo = max(0, i - window + 1)
+        kl_mean = sum(kl[lo : i + 1]) / (i + 1 - lo)
+        reward_mean = sum(reward[lo : i + 1]) / (i + 1 - lo)
+        if kl_mean <= target and not reward_mean <= best:
+            best = reward_mean
+    return best
+
+
+def test_reward_at_kl_closed_forms():
+    # reward = 2 KL − KL², KL rising by 0.5: the best within each budget, on the points only.
+    kl = [0.0, 0.5, 1.0, 1.5, 2.0]
+    reward = [2 * k - k * k for k in kl]
+    assert reward_at_kl(kl, reward, 1.0) == 1.0  # the peak
+    assert reward_at_kl(kl, reward, 0.75) == 0.75  # the last point within 0.75
+    assert reward_at_kl(kl, reward, 5.0) == 1.0  # past the peak, the peak still counts
+    assert reward_at_kl(kl, reward, 0.0) == 0.0
+    assert math.isnan(reward_at_kl([1.0, 2.0], [0.0, 1.0], 0.5))  # nothing within the budget
+    # A plateau in KL while the reward rises: the latest, best point counts.
+    assert reward_at_kl([0.0, 2.0, 2.1, 2.0], [0.0, 0.5, 0.6, 0.9], 2.0) == 0.9
+    # Trailing means of 2: KL (0, 1, 3, 5) → (0, 0.5, 2, 4); reward (4, 2, 0, 6) → (4, 3, 1, 3).
+    assert reward_at_kl([0.0, 1.0, 3.0, 5.0], [4.0, 2.0, 0.0, 6.0], 3.0, window=2) == 4.0
+    assert reward_at_kl([0.0, 1.0, 3.0, 5.0], [0.0, 2.0, 4.0, 6.0], 3.0, window=2) == 3.0
+
+
+def test_reward_at_kl_matches_the_reference():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        n = int(rng.integers(1, 30))
+        kl = np.cumsum(rng.normal(0.1, 0.2, size=n))  # noisy, not monotone
+        reward = rng.normal(size=n)
+        target = float(rng.uniform(-0.5, 2.0))
+        window = int(rng.integers(1, 6))
+        got = reward_at_kl(kl, reward, target, window=window)
+        want = reward_at_kl_reference(kl.tolist(), reward.tolist(), target, window)
+        if math.isnan(want):
+            assert math.isnan(got)
+        else:
+            assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"kl_P": [0.0, 1.0], "reward_P": [0.0], "kl": 0.5}, "reward_P"),
+        ({"kl_P": [0.0, np.nan], "reward_P": [0.0, 1.0], "kl": 0.5}, "kl_P"),
+        ({"kl_P": [0.0, 1.0], "reward_P": [0.0, 1.0], "kl": 0.5, "window": 0}, "window"),
+        ({"kl_P": [0.0, 1.0], "reward_P": [0.0, 1.0], "kl": np.inf}, "kl="),
+    ],
+)
+def test_reward_at_kl_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        reward_at_kl(**kwargs)

@@ -34,6 +34,7 @@ from rlhf_jax.evaluation.frontier import (
     frontier,
     pareto_frontier,
     points_from_history,
+    reward_at_kl,
 )
 from rlhf_jax.evaluation.history import HistoryKeys, column
 from rlhf_jax.evaluation.monitors import (
@@ -98,6 +99,7 @@ __all__ = [
     "rankdata",
     "red_team",
     "relative_change",
+    "reward_at_kl",
     "run_best_of_n",
     "select_best_of_n",
     "slope",
