@@ -12,6 +12,7 @@ from test_pipeline import ROOT, synthetic_config
 
 from rlhf_jax import interrupts
 from rlhf_jax.synthetic import Pipeline, PipelineConfig
+from rlhf_jax.synthetic import rounds as rounds_lib
 from rlhf_jax.training.config import build
 
 
@@ -105,3 +106,84 @@ def test_cai_variants_and_arms_build(tmp_path, monkeypatch):
     total = arms["iterated"].preferences.prompts + 2 * arms["iterated"].iteration.prompts
     assert total == arms["one_round"].preferences.prompts  # as many prompts labelled in all
     assert all(a.base_run_dir == "r/ai" for k, a in arms.items() if k != "ai")
+    few, one = arms["iterated_few"], arms["one_round_few"]
+    assert few.iteration.rounds == 3 and one.iteration.rounds == 1
+    assert few.preferences.prompts + 2 * few.iteration.prompts == one.preferences.prompts
+    assert 3 * few.train.ppo.iterations == one.train.ppo.iterations
+    assert few.iteration.reward_steps == few.train.reward.steps == one.train.reward.steps
+
+
+def _history(path, kl, gold):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"iteration": i, "objective/kl": k, "objective/gold": g}
+            for i, (k, g) in enumerate(zip(kl, gold, strict=True))]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_trajectory_and_matched_kl(tmp_path):
+    it, one = tmp_path / "iterated", tmp_path / "one"
+    _history(it / "ppo" / "history.jsonl", [0.0, 1.0], [0.0, 0.5])
+    _history(it / "rounds" / "round_2" / "ppo" / "history.jsonl", [1.0, 2.0], [0.6, 0.8])
+    _history(it / "rounds" / "round_10" / "ppo" / "history.jsonl", [2.0, 3.0], [0.9, 1.0])
+    (it / "rounds" / "summary.json").write_text(json.dumps({"reference": "sft"}))
+    _history(one / "ppo" / "history.jsonl", [0.0, 1.0, 2.0, 3.0, 4.0], [0.0, 0.6, 0.4, 0.2, 0.0])
+    rows = rounds_lib.trajectory(it)
+    assert [r["round"] for r in rows] == [1, 1, 2, 2, 10, 10]  # by number, not by name
+    assert [r["iteration"] for r in rows] == list(range(6))
+    out = rounds_lib.matched_kl(it, one, window=2)
+    # Trailing means of 2: iterated ends at KL 2.5, gold 0.95; the one-round run's means are KL
+    # (0.5, 1.5, 2.5, 3.5), gold (0.3, 0.5, 0.3, 0.1): within KL 2.5 its best is its peak, 0.5.
+    assert out["kl"] == pytest.approx(2.5) and out["iterated"]["gold"] == pytest.approx(0.95)
+    assert out["one_round_gold_at_kl"] == pytest.approx(0.5)
+    # Unsmoothed: the iterated run ends at KL 3.0; within it the one-round best is 0.6 (KL 1).
+    assert rounds_lib.matched_kl(it, one, window=1)["one_round_gold_at_kl"] == 0.6
+    assert out["one_round"]["peak_gold"] == pytest.approx(0.5)
+    assert out["one_round"]["kl_at_peak"] == pytest.approx(1.5)
+    assert out["one_round"]["gold"] == pytest.approx(0.1) and out["one_round"]["iterations"] == 5
+    (it / "rounds" / "summary.json").write_text(json.dumps({"reference": "previous"}))
+    with pytest.raises(ValueError, match="reference is not SFT"):
+        rounds_lib.matched_kl(it, one)
+    with pytest.raises(ValueError, match="no finished PPO phase"):
+        rounds_lib.trajectory(tmp_path / "missing")
+
+
+def test_iteration_config_errors_name_the_field():
+    from rlhf_jax.synthetic.pipeline_config import IterationConfig
+
+    for kwargs, match in (
+        ({"rounds": 0}, "iteration.rounds=0"),
+        ({"reference": "base"}, "iteration.reference='base'"),
+        ({"start": "pretrain"}, "iteration.start='pretrain'"),
+        ({"start": "sft", "reference": "previous"}, "set iteration.reference='sft'"),
+        ({"rl_prompts": "all"}, "iteration.rl_prompts='all'"),
+        ({"temperature": -1.0}, "iteration.temperature=-1.0"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            IterationConfig(**kwargs)
+
+
+def test_rounds_from_sft_on_train_prompts(tmp_path):
+    """``start="sft"``: each later round trains a new policy from SFT (KL 0 at its start),
+    on round 1's PPO prompts plus the last round's regressions (``rl_prompts="train"``); its
+    pairs are sampled at ``iteration.temperature``."""
+    config = synthetic_config("smoke", tmp_path, **{
+        "preferences.prompts": 64, "train.ppo.iterations": 2, "train.ppo.prompts": 64,
+        "train.grpo.iterations": 0, "iteration.rounds": 2, "iteration.prompts": 32,
+        "iteration.probe_prompts": 16, "iteration.stats_prompts": 32,
+        "iteration.reward_steps": 4, "iteration.start": "sft", "iteration.rl_prompts": "train",
+        "iteration.temperature": 1.5,
+    })  # fmt: skip
+    pipeline = Pipeline(config)
+    assert pipeline.run(stop_after_phase="rounds")["status"] == "stopped"
+    d = tmp_path / "rounds" / "round_2"
+    history = [json.loads(x) for x in (d / "ppo" / "history.jsonl").read_text().splitlines()]
+    assert history[0]["objective/kl"] == 0.0  # a new policy, at its reference
+    regressions = json.loads((tmp_path / "rounds" / "round_1" / "probe.json").read_text())
+    rl = [json.loads(x)["prompt"] for x in (d / "ppo_prompts.jsonl").read_text().splitlines()]
+    train = pipeline.task.prompts(64, split="train")
+    assert rl == train + [p for p in regressions["regressions"] if p not in set(train)]
+    summary = json.loads((tmp_path / "rounds" / "summary.json").read_text())
+    assert summary["start"] == "sft" and summary["rl_prompts"] == "train"
+    assert json.loads((d / "preferences" / "summary.json").read_text())["temperature"] == 1.5
+    assert json.loads((tmp_path / "preferences" / "summary.json").read_text())["temperature"] == 1
+    assert len(rounds_lib.trajectory(tmp_path)) == 4  # two rounds of two iterations

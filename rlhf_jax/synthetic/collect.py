@@ -17,16 +17,19 @@ from rlhf_jax.synthetic import task as task_lib
 
 def collect_preferences(
     pipeline, policy: str, prompts: list[str], out: pathlib.Path, data_path, *, seed: int,
-    label_rng: np.random.Generator | None = None,
+    label_rng: np.random.Generator | None = None, temperature: float | None = None,
 ) -> dict:  # fmt: skip
     """Samples two responses per prompt from ``policy`` (a phase name or an artifact path),
     labels them, writes the rows to ``data_path`` and ``out``/summary.json and DONE; returns
     the summary; ``seed`` seeds the sampling (and the AI labels), ``label_rng`` the raters
-    (default: the task's label stream). Pairs that carry no preference (identical) or that a
-    rater could not read (no EOS, an empty answer) are left out, and counted."""
+    (default: the task's label stream); ``temperature`` overrides ``preferences.temperature``.
+    Pairs that carry no preference (identical) or that a rater could not read (no EOS, an
+    empty answer) are left out, and counted."""
     c = pipeline.config
     tokens, mask = pipeline.encode(prompts)
-    _, sampler = pipeline.policy_sampler(policy, temperature=c.preferences.temperature)
+    if temperature is None:
+        temperature = c.preferences.temperature
+    _, sampler = pipeline.policy_sampler(policy, temperature=temperature)
     key = jax.random.key(seed)
     a_tok, a_mask = sampler(tokens, mask, jax.random.fold_in(key, 0))
     b_tok, b_mask = sampler(tokens, mask, jax.random.fold_in(key, 1))
@@ -61,7 +64,8 @@ def collect_preferences(
         }
     path = task_lib.write_jsonl(data_path, rows)
     summary = {"prompts": len(prompts), "pairs": len(rows), "dropped": dropped,
-               "labels": c.feedback.labels, **labels, "path": str(path)}  # fmt: skip
+               "labels": c.feedback.labels, "temperature": temperature, **labels,
+               "path": str(path)}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "DONE").write_text("")
     print(f"[preferences] {json.dumps(summary)}")

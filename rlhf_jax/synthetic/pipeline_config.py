@@ -105,6 +105,17 @@ class IterationConfig:
     rounds: int = 1  # 1 = one pass; R > 1 runs rounds 2..R in <run_dir>/rounds/
     prompts: int = 0  # new preference prompts per later round (0 = preferences.prompts)
     reference: str = "sft"  # later rounds' KL reference: "sft" (fixed) or "previous" round's
+    # Where each later round's PPO starts: "previous" continues the last round's policy; "sft"
+    # trains a new policy from SFT against the round's reward model (Bai et al. 2022's online
+    # iterations), so the rounds differ only in the labels their reward models saw.
+    start: str = "previous"
+    # Later rounds' PPO prompts: "round" (the round's preference prompts, regressions
+    # included) or "train" (train.ppo.prompts train prompts, as round 1's, plus the
+    # regressions).
+    rl_prompts: str = "round"
+    # Later rounds' pair-sampling temperature (0 = preferences.temperature): a policy sharpened
+    # by RL gives more identical, less informative pairs at the same temperature.
+    temperature: float = 0.0
     reward_steps: int = 0  # reward-model steps per later round (0 = train.reward.steps)
     ppo: PPOStage | None = None  # each later round's PPO schedule (None = train.ppo)
     probe_prompts: int = 256  # train prompts answered greedily before and after each round
@@ -114,9 +125,21 @@ class IterationConfig:
     def __post_init__(self):
         if self.rounds < 1:
             raise ValueError(f"iteration.rounds={self.rounds}; expected >= 1")
-        if self.reference not in ("sft", "previous"):
+        for name in ("reference", "start"):
+            if getattr(self, name) not in ("sft", "previous"):
+                raise ValueError(
+                    f"iteration.{name}={getattr(self, name)!r}; expected 'sft' or 'previous'"
+                )
+        if self.start == "sft" and self.reference == "previous":
             raise ValueError(
-                f"iteration.reference={self.reference!r}; expected 'sft' or 'previous'"
+                "iteration.start='sft' with reference='previous': a policy trained anew from "
+                "SFT takes SFT as its KL reference; set iteration.reference='sft'"
+            )
+        if not self.temperature >= 0:
+            raise ValueError(f"iteration.temperature={self.temperature}; expected >= 0")
+        if self.rl_prompts not in ("round", "train"):
+            raise ValueError(
+                f"iteration.rl_prompts={self.rl_prompts!r}; expected 'round' or 'train'"
             )
 
 

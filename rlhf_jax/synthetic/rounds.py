@@ -4,26 +4,32 @@ failures back into the preference data (``PipelineConfig.iteration``).
 Round 1 is the pipeline's own preferences → reward → PPO. Each later round r, in
 ``<run_dir>/rounds/round_<r>/``:
 
-1. **preferences**: pairs sampled from the current policy (round r − 1's PPO) on fresh train
-   prompts plus round r − 1's red-team regressions, labelled as round 1's are (raters or AI);
+1. **preferences**: pairs sampled from the current policy (round r − 1's PPO; at
+   ``temperature`` if set) on fresh train prompts plus round r − 1's red-team regressions,
+   labelled as round 1's are (raters or AI);
 2. **reward**: the reward model trained on every label so far, from round r − 1's reward model;
-3. **ppo**: PPO from the current policy against the new reward model; the KL reference stays
-   the SFT policy (``reference="sft"``) or moves to round r − 1's policy (``"previous"``);
-4. **probe**: probe prompts answered greedily before and after the round, judged by gold; the
-   prompts whose gold dropped (`evaluation.red_team`) join round r + 1's prompts;
+3. **ppo**: PPO against the new reward model, continuing the current policy (``start=
+   "previous"``) or a new policy from SFT (``"sft"``); the KL reference stays the SFT policy
+   (``reference="sft"``) or moves to round r − 1's policy (``"previous"``); on the round's
+   preference prompts (``rl_prompts="round"``) or round 1's PPO prompts plus the regressions
+   (``"train"``);
+4. **probe**: probe prompts answered greedily by round r − 1's and round r's policies, judged
+   by gold; the prompts whose gold dropped (`evaluation.red_team`) join round r + 1's prompts;
 5. **stats**: on held-out prompts, the round's policy's gold, proxy score, KL to SFT, and how
    well the round's reward model ranks pairs of the policy's own samples by gold (the
    proxy–gold gap where the policy now is: 1 − that accuracy).
 
 Every step leaves its artifact or a DONE file, so an interrupted run resumes mid-round.
 ``rounds/summary.json`` and ``rounds/report.md`` hold the per-round table, ``rounds.png`` its
-plot.
+plot. ``trajectory`` joins the rounds' PPO histories into one, and ``matched_kl`` compares an
+iterated run's final gold with another run's gold at the same KL to SFT.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -34,7 +40,7 @@ from rlhf_jax.inference import Scorer
 from rlhf_jax.placement import ModelSource, place_model
 from rlhf_jax.synthetic import collect
 from rlhf_jax.synthetic import task as task_lib
-from rlhf_jax.synthetic.evaluate import default_red_team_prompts
+from rlhf_jax.synthetic.evaluate import HISTORY_KEYS, default_red_team_prompts
 from rlhf_jax.training import reward as reward_lib
 
 STATS = ("gold", "proxy", "kl", "length", "rm_accuracy_on_policy", "proxy_gold_gap",
@@ -61,6 +67,7 @@ def run_rounds(pipeline) -> dict:
             collect.collect_preferences(
                 pipeline, str(policy), prompts, d / "preferences", data,
                 seed=c.seed + 1000 * r, label_rng=np.random.default_rng([c.seed, 5, r]),
+                temperature=it.temperature or None,
             )  # fmt: skip
         label_files.append(data)
         all_labels = d / "all_preferences.jsonl"  # deterministic: rewritten on every resume
@@ -76,24 +83,74 @@ def run_rounds(pipeline) -> dict:
             )  # fmt: skip
             if _interrupted(out):
                 return out
-        start = policy
-        reference = pipeline.artifact("sft") if it.reference == "sft" else start
+        previous, sft = policy, pipeline.artifact("sft")
+        rl_stage = it.ppo or c.train.ppo
+        rl_prompts = prompts
+        if it.rl_prompts == "train":
+            train = pipeline.task.prompts(rl_stage.prompts, split="train")
+            rl_prompts = train + [p for p in regressions if p not in set(train)]
         out = pipeline.run_rl(
-            str(d / "ppo"), it.ppo or c.train.ppo, c.ppo,
-            reward=_source(pipeline, reward_dir / "artifact"), policy=_source(pipeline, start),
-            reference=_source(pipeline, reference), prompts=prompts,
+            str(d / "ppo"), rl_stage, c.ppo,
+            reward=_source(pipeline, reward_dir / "artifact"),
+            policy=_source(pipeline, previous if it.start == "previous" else sft),
+            reference=_source(pipeline, sft if it.reference == "sft" else previous),
+            prompts=rl_prompts,
         )  # fmt: skip
         if _interrupted(out):
             return out
         policy, reward = d / "ppo" / "artifact", reward_dir / "artifact"
-        regressions = probe(pipeline, r, start, policy)
+        regressions = probe(pipeline, r, previous, policy)
         labels = len(_rows(label_files))
         table.append(round_stats(pipeline, r, policy, reward, regressions, labels))
-    summary = {"rounds": table, "final_policy": str(policy), "reference": it.reference}
+    summary = {"rounds": table, "final_policy": str(policy), "reference": it.reference,
+               "start": it.start, "rl_prompts": it.rl_prompts}  # fmt: skip
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     _report(root, table)
     (root / "DONE").write_text("")
     return summary
+
+
+def trajectory(run_dir) -> list[dict]:
+    """A pipeline run's PPO history across its rounds: round 1's ``ppo/history.jsonl``, then
+    each later round's, every row with its ``round`` and ``iteration`` counted across rounds."""
+    root = pathlib.Path(run_dir)
+    first = root / "ppo" / "history.jsonl"
+    if not first.exists():
+        raise ValueError(f"{first} does not exist: {root} has no finished PPO phase")
+    later = {int(p.parent.parent.name.removeprefix("round_")): p
+             for p in (root / "rounds").glob("round_*/ppo/history.jsonl")}  # fmt: skip
+    rows = []
+    for r, path in [(1, first), *sorted(later.items())]:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rows.append({**json.loads(line), "round": r, "iteration": len(rows)})
+    return rows
+
+
+def matched_kl(iterated_dir, one_round_dir, *, window: int = 10) -> dict:
+    """An iterated run's final gold against a one-round run's at the same KL to SFT, both read
+    off their PPO training histories (trailing means over ``window`` iterations): the iterated
+    run's last point gives the KL, and `evaluation.reward_at_kl` the most gold the one-round
+    run reached within it (NaN if it never was that close to SFT). Also each run's final point
+    and gold peak. Both runs' KL must be to SFT (``reference="sft"``)."""
+    summary = pathlib.Path(iterated_dir) / "rounds" / "summary.json"
+    if summary.exists() and json.loads(summary.read_text())["reference"] != "sft":
+        raise ValueError(f"{summary}: its rounds' KL reference is not SFT; KLs do not compare")
+    keys, out, columns = HISTORY_KEYS, {"window": window}, {}
+    for name, run_dir in (("iterated", iterated_dir), ("one_round", one_round_dir)):
+        rows = trajectory(run_dir)
+        kl, gold = ev.column(rows, keys.kl), ev.column(rows, keys.gold)
+        if not (np.isfinite(kl).all() and np.isfinite(gold).all()):
+            raise ValueError(f"{run_dir}: its PPO history lacks KL or gold on some iterations")
+        w = min(window, len(rows))
+        kl_w, gold_w = (np.convolve(x, np.ones(w) / w, mode="valid") for x in (kl, gold))
+        peak = int(np.argmax(gold_w))
+        out[name] = {"iterations": len(rows), "kl": float(kl_w[-1]), "gold": float(gold_w[-1]),
+                     "peak_gold": float(gold_w[peak]), "kl_at_peak": float(kl_w[peak])}  # fmt: skip
+        columns[name] = kl, gold
+    out["kl"] = out["iterated"]["kl"]
+    out["one_round_gold_at_kl"] = ev.reward_at_kl(*columns["one_round"], out["kl"], window=window)
+    return out
 
 
 def _source(pipeline, artifact) -> ModelSource:
