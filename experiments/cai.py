@@ -17,9 +17,20 @@ Arms (each the pipeline of `configs/synthetic.py:cai` or `:cai_raters`, on one p
     one_round_lr  the same prompts and iterations in one round
     iterated_lr_matched  iterated_lr with twice the prompts in later rounds, which brings its
                   labels level with one_round_lr's (later rounds lose more identical pairs)
+    iterated_lr_sft  iterated_lr_matched's labels, but each round a new policy from SFT with
+                  one_round_lr's schedule and PPO prompts (iteration.start=sft)
+    one_round_nokl, iterated_nokl_sft  the same pair without a KL penalty (β = 0, 1e-4)
+    one_round_few, iterated_few, iterated_few_sft  ~1,500 labels (3 × 512 prompts), the
+                  budget at which one round passes its gold peak; continued or from SFT
+    one_round_mid, iterated_mid_sft  ~6,000 labels (3 × 2,048 prompts)
+    one_round_two, iterated_two_hot  two rounds of 1,536 prompts, the second's pairs sampled at
+                  temperature 1.5
 Writes runs/cai/report.md and report.json: per arm the labels' agreement with gold, PPO's gold,
-win rate over SFT and KL, which hacking monitors fired, SL-CAI's drafts against revisions, and
-the iterated arm's per-round table. Rerunning resumes: finished phases are skipped.
+win rate over SFT and KL, which hacking monitors fired (the final policy's run), SL-CAI's drafts
+against revisions, each iterated arm's per-round table, and each iterated arm against its
+one-round arm (`PAIRS`): labels, held-out gold and KL, the proxy–gold gap on the final policy's
+own samples, and gold at matched KL in training. Rerunning resumes: finished phases are
+skipped.
 """
 
 from rlhf_jax import interrupts
@@ -32,6 +43,7 @@ import pathlib
 from absl import app, flags
 
 from rlhf_jax.synthetic import Pipeline, PipelineConfig
+from rlhf_jax.synthetic import rounds as rounds_lib
 from rlhf_jax.training.config import build, load_get_config
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "The smoke-sized pipeline.")
@@ -88,6 +100,94 @@ def arms(smoke: bool, root: str) -> dict:
     arm("iterated_lr_matched", "cai_raters", **lr, **{"preferences.prompts": third,
         "iteration.rounds": 3, "iteration.prompts": 2 * third,
         "train.ppo.iterations": iterations // 2})  # fmt: skip
+    # The same labels, each round a new policy from SFT with one_round_lr's schedule and
+    # prompts (Bai et al. 2022's online iterations): the rounds differ only in their labels.
+    arm("iterated_lr_sft", "cai_raters", **lr, **{"preferences.prompts": third,
+        "iteration.rounds": 3, "iteration.prompts": 2 * third, "iteration.start": "sft",
+        "iteration.rl_prompts": "train",
+        "train.ppo.iterations": 3 * (iterations // 2)})  # fmt: skip
+    # Over-optimisation without a KL penalty (β = 0; the study's proxies all pass their gold
+    # peak so): one round, and rounds of new policies from SFT, on the same labels.
+    nokl = {"ppo.kl_coef": 0.0}
+    arm("one_round_nokl", "cai_raters", **nokl, **{"preferences.prompts": 3 * third})
+    arm("iterated_nokl_sft", "cai_raters", **nokl, **{"preferences.prompts": third,
+        "iteration.rounds": 3, "iteration.prompts": 2 * third, "iteration.start": "sft",
+        "iteration.rl_prompts": "train"})  # fmt: skip
+    # Over-optimisation by a small label budget (clean raters, PPO at 3e-4): a reward model on
+    # ~1,500 labels of SFT samples is gamed within one round of 300 iterations. Three rounds of
+    # a third of the prompts and iterations each relabel where the policy has moved. Reward
+    # models train 200 steps a round (~8 epochs of the full budget).
+    few = out["raters"].preferences.prompts // 32  # 512 prompts a round (8 in smoke)
+    steps = out["raters"].train.reward.steps // 5  # 200 reward-model steps a round
+    rm = {"train.reward.steps": steps, "train.reward.optimizer.warmup_steps": steps // 10,
+          "iteration.reward_steps": steps}  # fmt: skip
+    arm("iterated_few", "cai_raters", **lr, **rm, **{"preferences.prompts": few,
+        "iteration.rounds": 3, "iteration.prompts": few,
+        "train.ppo.iterations": iterations // 2})  # fmt: skip
+    arm("one_round_few", "cai_raters", **lr, **rm, **{"preferences.prompts": 3 * few,
+        "train.ppo.iterations": 3 * (iterations // 2)})  # fmt: skip
+    # Each round a new policy from SFT, 300 iterations on round 1's PPO prompts, against a
+    # reward model that has seen the earlier rounds' policies' samples (Bai et al. 2022).
+    arm("iterated_few_sft", "cai_raters", **lr, **rm, **{"preferences.prompts": few,
+        "iteration.rounds": 3, "iteration.prompts": few, "iteration.start": "sft",
+        "iteration.rl_prompts": "train",
+        "train.ppo.iterations": 3 * (iterations // 2)})  # fmt: skip
+    # The same at four times the labels (2,048 prompts a round; one round gets a quarter more
+    # than 3 × 2,048 for the regressions the rounds add), reward models 400 steps a round.
+    mid = out["raters"].preferences.prompts // 8
+    rm = {"train.reward.steps": 2 * steps, "train.reward.optimizer.warmup_steps": steps // 5,
+          "iteration.reward_steps": 2 * steps}  # fmt: skip
+    arm("iterated_mid_sft", "cai_raters", **lr, **rm, **{"preferences.prompts": mid,
+        "iteration.rounds": 3, "iteration.prompts": mid, "iteration.start": "sft",
+        "iteration.rl_prompts": "train",
+        "train.ppo.iterations": 3 * (iterations // 2)})  # fmt: skip
+    arm("one_round_mid", "cai_raters", **lr, **rm, **{"preferences.prompts": 3 * mid + mid // 4,
+        "train.ppo.iterations": 3 * (iterations // 2)})  # fmt: skip
+    # Two rounds of 1,536 prompts, the second's pairs sampled at temperature 1.5 (a sharpened
+    # policy's pairs at 1 are often identical), against one round on 3,328 prompts.
+    rm = {"train.reward.steps": steps, "train.reward.optimizer.warmup_steps": steps // 10,
+          "iteration.reward_steps": steps}  # fmt: skip
+    arm("iterated_two_hot", "cai_raters", **lr, **rm, **{"preferences.prompts": 3 * few,
+        "iteration.rounds": 2, "iteration.prompts": 3 * few, "iteration.start": "sft",
+        "iteration.rl_prompts": "train", "iteration.temperature": 1.5,
+        "train.ppo.iterations": 3 * (iterations // 2)})  # fmt: skip
+    arm("one_round_two", "cai_raters", **lr, **rm, **{"preferences.prompts": 6 * few + few // 2,
+        "train.ppo.iterations": 3 * (iterations // 2)})  # fmt: skip
+    return out
+
+
+# Each iterated arm and the one-round arm with the same labels it is judged against.
+PAIRS = {"iterated": "one_round", "iterated_lr": "one_round_lr",
+         "iterated_lr_matched": "one_round_lr", "iterated_lr_sft": "one_round_lr",
+         "iterated_nokl_sft": "one_round_nokl", "iterated_few": "one_round_few",
+         "iterated_few_sft": "one_round_few", "iterated_mid_sft": "one_round_mid",
+         "iterated_two_hot": "one_round_two"}  # fmt: skip
+
+
+def one_round_stats(pipeline) -> None:
+    """A one-round arm's round-1 statistics, as an iterated arm's rounds report them (its
+    reward model's proxy–gold gap on its own policy's samples); kept in rounds/round_1."""
+    labels = json.loads(pipeline.path("preferences", "summary.json").read_text())["pairs"]
+    rounds_lib.round_stats(pipeline, 1, pipeline.artifact("ppo"), pipeline.artifact("reward"),
+                           [], labels)  # fmt: skip
+
+
+def compare(root: pathlib.Path, table: dict) -> dict:
+    """Per iterated arm beside its one-round arm: labels, held-out gold and KL, the proxy–gold
+    gap on the final policy's samples, and gold at matched KL off the training histories."""
+    out = {}
+    for it, one in PAIRS.items():
+        if it not in table or one not in table or "rounds" not in table[it]:
+            continue
+        stats = _read(root / one / "rounds" / "round_1" / "stats.json") or {}
+        last = table[it]["rounds"][-1]
+        out[it] = {"one_round": one, "labels": last["labels"],
+                   "one_round_labels": table[one]["pairs"],
+                   "gold": table[it]["gold_ppo"], "kl": table[it]["kl_ppo"],
+                   "one_round_gold": table[one]["gold_ppo"], "one_round_kl": table[one]["kl_ppo"],
+                   "gap_by_round": [r["proxy_gold_gap"] for r in table[it]["rounds"]],
+                   "one_round_gap": stats.get("proxy_gold_gap"),
+                   "matched_kl": rounds_lib.matched_kl(root / it, root / one)}  # fmt: skip
     return out
 
 
@@ -105,9 +205,13 @@ def summarise(root: pathlib.Path, names) -> dict:
         )
         if prefs is None or ev is None:
             continue
-        monitors = _read(d / "ppo" / "monitors.json") or {"monitors": {}}
         policies, wins = ev["policies"], ev["win_rates"]
         final = "rounds" if "rounds" in policies else "ppo"
+        # The final policy's run: the last round's PPO where there are rounds.
+        last = sorted((d / "rounds").glob("round_*/ppo/monitors.json"),
+                      key=lambda p: int(p.parent.parent.name.removeprefix("round_")))  # fmt: skip
+        ppo_dir = last[-1].parent if final == "rounds" and last else d / "ppo"
+        monitors = _read(ppo_dir / "monitors.json") or {"monitors": {}}
         row = {
             "labels": prefs["labels"],
             "pairs": prefs["pairs"],
@@ -136,6 +240,23 @@ def summarise(root: pathlib.Path, names) -> dict:
             row["rounds"] = rounds["rounds"]
         table[name] = row
     return table
+
+
+def comparison_markdown(pairs: dict) -> str:
+    """The iterated arms against one round: held out, then at matched KL in training."""
+    lines = ["| iterated arm | vs | labels | gold, KL (held out) | one round's | proxy–gold gap "
+             "by round | one round's | training: final gold at KL | one round's best there |",
+             "|---" * 9 + "|"]  # fmt: skip
+    for name, p in pairs.items():
+        m = p["matched_kl"]
+        gap = "—" if p["one_round_gap"] is None else f"{p['one_round_gap']:.3f}"
+        lines.append(
+            f"| {name} | {p['one_round']} | {p['labels']} vs {p['one_round_labels']} | "
+            f"{p['gold']:.3f}, {p['kl']:.2f} | {p['one_round_gold']:.3f}, {p['one_round_kl']:.2f}"
+            f" | {', '.join(f'{g:.3f}' for g in p['gap_by_round'])} | {gap} | "
+            f"{m['iterated']['gold']:.3f} at {m['kl']:.2f} | {m['one_round_gold_at_kl']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def markdown(table: dict) -> str:
@@ -170,15 +291,22 @@ def main(argv):
     names = _ONLY.value or list(configs)
     for name in names:
         print(f"[cai] arm {name}")
-        result = Pipeline(build(PipelineConfig, configs[name].to_dict())).run()
+        pipeline = Pipeline(build(PipelineConfig, configs[name].to_dict()))
+        result = pipeline.run()
         if result["status"] == "interrupted":
             print("[cai] interrupted; rerun to resume")
             return
+        if name in PAIRS.values():
+            one_round_stats(pipeline)
     table = summarise(root, list(configs))
-    (root / "report.json").write_text(json.dumps(table, indent=2, default=float))
+    pairs = compare(root, table)
+    (root / "report.json").write_text(
+        json.dumps({**table, "iterated_vs_one_round": pairs}, indent=2, default=float)
+    )
     (root / "report.md").write_text(
         "# Constitutional AI on the synthetic task\n\n" + markdown(table)
-    )
+        + "\n## Iterated RLHF against one round\n\n" + comparison_markdown(pairs)
+    )  # fmt: skip
     print((root / "report.md").read_text())
 
 

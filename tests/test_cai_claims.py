@@ -1,5 +1,5 @@
 """(slow) Constitutional AI's claims on the synthetic task, judged by gold: `experiments/cai.py`
-end to end (~50 min on 2 cores), then its report."""
+on the arms the claims read (~35 min on 2 cores), then its report."""
 
 import json
 import subprocess
@@ -11,8 +11,10 @@ from test_pipeline import ROOT
 
 @pytest.mark.slow
 def test_cai_arms_against_gold(tmp_path):
+    arms = "ai,raters,raters_verbosity,one_round_lr,iterated_lr_sft"
     subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "cai.py"), f"--root={tmp_path}"],
+        [sys.executable, str(ROOT / "experiments" / "cai.py"), f"--root={tmp_path}",
+         f"--arms={arms}"],
         check=True, cwd=tmp_path,
     )  # fmt: skip
     t = json.loads((tmp_path / "report.json").read_text())
@@ -32,8 +34,14 @@ def test_cai_arms_against_gold(tmp_path):
     # SL-CAI: revisions beat their drafts by gold, and SFT on them raises gold.
     assert ai["sl_cai_gold_revisions"] > ai["sl_cai_gold_drafts"] + 0.2
     assert ai["gold_sl_cai"] > ai["gold_sft"] + 0.2 and ai["sl_cai_win_rate_vs_sft"] >= 0.75
-    # Iterated RLHF with clean raters and matched labels: the proxy–gold gap on the policy's
-    # own samples shrinks every round (measured 0.284, 0.212, 0.140). Not asserted, because it
-    # is not met: final gold beating one round (measured 0.666 against 0.770).
-    gaps = [r["proxy_gold_gap"] for r in t["iterated_lr_matched"]["rounds"]]
-    assert gaps[2] < gaps[1] < gaps[0] and gaps[0] - gaps[2] > 0.05
+    # Iterated RLHF, clean raters, PPO at 3e-4, each round a new policy from SFT on the labels
+    # so far: the proxy–gold gap on the policy's own samples shrinks every round (measured
+    # 0.296, 0.121, 0.085) and ends below one round's on its own policy (0.253), at the same
+    # number of labels (16,319 against 15,752). Not asserted, because it is not met: final gold
+    # beating one round's at matched KL (0.786 against 0.819 in training; held out 0.781 at KL
+    # 2.46 against 0.806 at 2.33).
+    pair = t["iterated_vs_one_round"]["iterated_lr_sft"]
+    gaps = pair["gap_by_round"]
+    assert gaps[2] < gaps[1] < gaps[0] and gaps[0] - gaps[2] > 0.1
+    assert gaps[2] < pair["one_round_gap"] - 0.1
+    assert abs(pair["labels"] - pair["one_round_labels"]) < 0.05 * pair["one_round_labels"]
