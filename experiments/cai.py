@@ -25,6 +25,8 @@ Arms (each the pipeline of `configs/synthetic.py:cai` or `:cai_raters`, on one p
     one_round_mid, iterated_mid_sft  ~6,000 labels (3 × 2,048 prompts)
     one_round_two, iterated_two_hot  two rounds of 1,536 prompts, the second's pairs sampled at
                   temperature 1.5
+    one_round_weak, iterated_weak_sft  one_round_lr and iterated_lr_sft from a weak SFT policy
+                  (an eighth of the SFT steps; its own pretrain and SFT)
 Writes runs/cai/report.md and report.json: per arm the labels' agreement with gold, PPO's gold,
 win rate over SFT and KL, which hacking monitors fired (the final policy's run), SL-CAI's drafts
 against revisions, each iterated arm's per-round table, and each iterated arm against its
@@ -153,6 +155,19 @@ def arms(smoke: bool, root: str) -> dict:
         "train.ppo.iterations": 3 * (iterations // 2)})  # fmt: skip
     arm("one_round_two", "cai_raters", **lr, **rm, **{"preferences.prompts": 6 * few + few // 2,
         "train.ppo.iterations": 3 * (iterations // 2)})  # fmt: skip
+    # A weak SFT policy (an eighth of the SFT steps) whose samples rarely reach the answers RL
+    # finds, so one round's reward model must extrapolate there; its own pretrain and SFT.
+    sft_steps = out["raters"].train.sft.steps // 8
+    weak = {"train.sft.steps": sft_steps,
+            "train.sft.optimizer.warmup_steps": max(sft_steps // 10, 1)}  # fmt: skip
+    arm("one_round_weak", "cai_raters", **lr, **weak, **{"preferences.prompts": 3 * third,
+        "train.ppo.iterations": 3 * (iterations // 2)})  # fmt: skip
+    out["one_round_weak"].base_run_dir = None
+    arm("iterated_weak_sft", "cai_raters", **lr, **weak, **{"preferences.prompts": third,
+        "iteration.rounds": 3, "iteration.prompts": 2 * third, "iteration.start": "sft",
+        "iteration.rl_prompts": "train",
+        "train.ppo.iterations": 3 * (iterations // 2)})  # fmt: skip
+    out["iterated_weak_sft"].base_run_dir = f"{root}/one_round_weak"
     return out
 
 
@@ -161,7 +176,7 @@ PAIRS = {"iterated": "one_round", "iterated_lr": "one_round_lr",
          "iterated_lr_matched": "one_round_lr", "iterated_lr_sft": "one_round_lr",
          "iterated_nokl_sft": "one_round_nokl", "iterated_few": "one_round_few",
          "iterated_few_sft": "one_round_few", "iterated_mid_sft": "one_round_mid",
-         "iterated_two_hot": "one_round_two"}  # fmt: skip
+         "iterated_two_hot": "one_round_two", "iterated_weak_sft": "one_round_weak"}  # fmt: skip
 
 
 def one_round_stats(pipeline) -> None:

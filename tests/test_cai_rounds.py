@@ -105,7 +105,11 @@ def test_cai_variants_and_arms_build(tmp_path, monkeypatch):
     assert arms["iterated"].iteration.rounds == 3
     total = arms["iterated"].preferences.prompts + 2 * arms["iterated"].iteration.prompts
     assert total == arms["one_round"].preferences.prompts  # as many prompts labelled in all
-    assert all(a.base_run_dir == "r/ai" for k, a in arms.items() if k != "ai")
+    weak = ("one_round_weak", "iterated_weak_sft")
+    assert all(a.base_run_dir == "r/ai" for k, a in arms.items() if k not in ("ai", *weak))
+    assert arms["one_round_weak"].base_run_dir is None
+    assert arms["iterated_weak_sft"].base_run_dir == "r/one_round_weak"
+    assert arms["one_round_weak"].train.sft.steps < arms["raters"].train.sft.steps
     few, one = arms["iterated_few"], arms["one_round_few"]
     assert few.iteration.rounds == 3 and one.iteration.rounds == 1
     assert few.preferences.prompts + 2 * few.iteration.prompts == one.preferences.prompts
