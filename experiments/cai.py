@@ -134,8 +134,8 @@ def arms(smoke: bool, root: str) -> dict:
         "iteration.rounds": 3, "iteration.prompts": few, "iteration.start": "sft",
         "iteration.rl_prompts": "train",
         "train.ppo.iterations": 3 * (iterations // 2)})  # fmt: skip
-    # The same at four times the labels (2,048 prompts a round; one round gets a quarter more
-    # than 3 × 2,048 for the regressions the rounds add), reward models 400 steps a round.
+    # The same at four times the labels (2,048 prompts a round; one round gets a quarter of a
+    # round more for the regressions the rounds add), reward models 400 steps a round.
     mid = out["raters"].preferences.prompts // 8
     rm = {"train.reward.steps": 2 * steps, "train.reward.optimizer.warmup_steps": steps // 5,
           "iteration.reward_steps": 2 * steps}  # fmt: skip

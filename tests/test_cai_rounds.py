@@ -147,8 +147,20 @@ def test_trajectory_and_matched_kl(tmp_path):
     (it / "rounds" / "summary.json").write_text(json.dumps({"reference": "previous"}))
     with pytest.raises(ValueError, match="reference is not SFT"):
         rounds_lib.matched_kl(it, one)
-    with pytest.raises(ValueError, match="no finished PPO phase"):
+    with pytest.raises(ValueError, match="no PPO history"):
         rounds_lib.trajectory(tmp_path / "missing")
+    (it / "rounds" / "summary.json").unlink()
+    with pytest.raises(ValueError, match="no finished rounds"):
+        rounds_lib.matched_kl(it, one)
+    # Rounds of new policies from SFT: the iterated run's final point and peak are its last
+    # round's (round 10: KL 2, 3; gold 0.9, 1.0), not means across a round's restart.
+    (it / "rounds" / "summary.json").write_text(json.dumps({"reference": "sft", "start": "sft"}))
+    out = rounds_lib.matched_kl(it, one, window=10)
+    assert out["iterated"]["iterations"] == 2 and out["iterated"]["kl"] == pytest.approx(2.5)
+    assert out["iterated"]["peak_gold"] == pytest.approx(0.95)
+    # The one-round run in its one whole window of 5: KL 2.0, gold 0.24, within KL 2.5.
+    assert out["one_round"]["gold"] == pytest.approx(0.24)
+    assert out["one_round_gold_at_kl"] == pytest.approx(0.24)
 
 
 def test_iteration_config_errors_name_the_field():

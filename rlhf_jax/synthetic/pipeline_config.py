@@ -110,8 +110,8 @@ class IterationConfig:
     # iterations), so the rounds differ only in the labels their reward models saw.
     start: str = "previous"
     # Later rounds' PPO prompts: "round" (the round's preference prompts, regressions
-    # included) or "train" (train.ppo.prompts train prompts, as round 1's, plus the
-    # regressions).
+    # included) or "train" (round 1's PPO prompts, the first train.ppo.prompts train prompts,
+    # plus the regressions).
     rl_prompts: str = "round"
     # Later rounds' pair-sampling temperature (0 = preferences.temperature): a policy sharpened
     # by RL gives more identical, less informative pairs at the same temperature.

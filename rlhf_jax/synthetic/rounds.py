@@ -87,7 +87,7 @@ def run_rounds(pipeline) -> dict:
         rl_stage = it.ppo or c.train.ppo
         rl_prompts = prompts
         if it.rl_prompts == "train":
-            train = pipeline.task.prompts(rl_stage.prompts, split="train")
+            train = pipeline.task.prompts(c.train.ppo.prompts, split="train")  # round 1's
             rl_prompts = train + [p for p in regressions if p not in set(train)]
         out = pipeline.run_rl(
             str(d / "ppo"), rl_stage, c.ppo,
@@ -116,7 +116,7 @@ def trajectory(run_dir) -> list[dict]:
     root = pathlib.Path(run_dir)
     first = root / "ppo" / "history.jsonl"
     if not first.exists():
-        raise ValueError(f"{first} does not exist: {root} has no finished PPO phase")
+        raise ValueError(f"{first} does not exist: {root} has no PPO history")
     later = {int(p.parent.parent.name.removeprefix("round_")): p
              for p in (root / "rounds").glob("round_*/ppo/history.jsonl")}  # fmt: skip
     rows = []
@@ -129,16 +129,24 @@ def trajectory(run_dir) -> list[dict]:
 
 def matched_kl(iterated_dir, one_round_dir, *, window: int = 10) -> dict:
     """An iterated run's final gold against a one-round run's at the same KL to SFT, both read
-    off their PPO training histories (trailing means over ``window`` iterations): the iterated
-    run's last point gives the KL, and `evaluation.reward_at_kl` the most gold the one-round
-    run reached within it (NaN if it never was that close to SFT). Also each run's final point
-    and gold peak. Both runs' KL must be to SFT (``reference="sft"``)."""
-    summary = pathlib.Path(iterated_dir) / "rounds" / "summary.json"
-    if summary.exists() and json.loads(summary.read_text())["reference"] != "sft":
-        raise ValueError(f"{summary}: its rounds' KL reference is not SFT; KLs do not compare")
+    off their PPO training histories in means over ``window`` consecutive iterations (whole
+    windows only): the iterated run's last mean gives the KL, and the one-round run's best mean
+    gold within that KL is compared (`evaluation.reward_at_kl`; NaN if it was never that close
+    to SFT). Also each run's final point and gold peak. Where each round trains a new policy
+    from SFT (``start="sft"``), the iterated run's final point and peak are its last round's.
+    The iterated run's rounds must be finished with SFT as their KL reference; the one-round
+    run's reference is its own start, SFT."""
+    summary_path = pathlib.Path(iterated_dir) / "rounds" / "summary.json"
+    if not summary_path.exists():
+        raise ValueError(f"{summary_path} does not exist: {iterated_dir} has no finished rounds")
+    summary = json.loads(summary_path.read_text())
+    if summary["reference"] != "sft":
+        raise ValueError(f"{summary_path}: its rounds' KL reference is not SFT; KLs do not compare")
     keys, out, columns = HISTORY_KEYS, {"window": window}, {}
     for name, run_dir in (("iterated", iterated_dir), ("one_round", one_round_dir)):
         rows = trajectory(run_dir)
+        if name == "iterated" and summary.get("start") == "sft":
+            rows = [row for row in rows if row["round"] == rows[-1]["round"]]
         kl, gold = ev.column(rows, keys.kl), ev.column(rows, keys.gold)
         if not (np.isfinite(kl).all() and np.isfinite(gold).all()):
             raise ValueError(f"{run_dir}: its PPO history lacks KL or gold on some iterations")
@@ -147,9 +155,9 @@ def matched_kl(iterated_dir, one_round_dir, *, window: int = 10) -> dict:
         peak = int(np.argmax(gold_w))
         out[name] = {"iterations": len(rows), "kl": float(kl_w[-1]), "gold": float(gold_w[-1]),
                      "peak_gold": float(gold_w[peak]), "kl_at_peak": float(kl_w[peak])}  # fmt: skip
-        columns[name] = kl, gold
+        columns[name] = kl_w, gold_w
     out["kl"] = out["iterated"]["kl"]
-    out["one_round_gold_at_kl"] = ev.reward_at_kl(*columns["one_round"], out["kl"], window=window)
+    out["one_round_gold_at_kl"] = ev.reward_at_kl(*columns["one_round"], out["kl"])
     return out
 
 
