@@ -223,9 +223,8 @@ def summarise(root: pathlib.Path, names) -> dict:
         policies, wins = ev["policies"], ev["win_rates"]
         final = "rounds" if "rounds" in policies else "ppo"
         # The final policy's run: the last round's PPO where there are rounds.
-        last = sorted((d / "rounds").glob("round_*/ppo/monitors.json"),
-                      key=lambda p: int(p.parent.parent.name.removeprefix("round_")))  # fmt: skip
-        ppo_dir = last[-1].parent if final == "rounds" and last else d / "ppo"
+        later = rounds_lib.round_dirs(d)
+        ppo_dir = later[-1][1] / "ppo" if final == "rounds" and later else d / "ppo"
         monitors = _read(ppo_dir / "monitors.json") or {"monitors": {}}
         row = {
             "labels": prefs["labels"],

@@ -13,6 +13,7 @@ from rlhf_jax.evaluation import (
     pareto_frontier,
     points_from_history,
     reward_at_kl,
+    window_means,
 )
 
 
@@ -95,16 +96,18 @@ def test_points_from_histories_and_frontier_of_points():
         frontier(pts, reward="kl")
 
 
-def reward_at_kl_reference(kl, reward, target, window):
-    """Loops in plain Python floats: trailing means, then the best reward within the budget."""
+def reward_at_kl_reference(kl, reward, target):
+    """A loop in plain Python floats: the best reward among points within the budget."""
     best = math.nan
-    for i in range(len(kl)):
-        lo = max(0, i - window + 1)
-        kl_mean = sum(kl[lo : i + 1]) / (i + 1 - lo)
-        reward_mean = sum(reward[lo : i + 1]) / (i + 1 - lo)
-        if kl_mean <= target and not reward_mean <= best:
-            best = reward_mean
+    for k, r in zip(kl, reward, strict=True):
+        if k <= target and not r <= best:
+            best = r
     return best
+
+
+def window_means_reference(x, window):
+    w = min(window, len(x))
+    return [sum(x[i : i + w]) / w for i in range(len(x) - w + 1)]
 
 
 def test_reward_at_kl_closed_forms():
@@ -118,12 +121,18 @@ def test_reward_at_kl_closed_forms():
     assert math.isnan(reward_at_kl([1.0, 2.0], [0.0, 1.0], 0.5))  # nothing within the budget
     # A plateau in KL while the reward rises: the latest, best point counts.
     assert reward_at_kl([0.0, 2.0, 2.1, 2.0], [0.0, 0.5, 0.6, 0.9], 2.0) == 0.9
-    # Trailing means of 2: KL (0, 1, 3, 5) → (0, 0.5, 2, 4); reward (4, 2, 0, 6) → (4, 3, 1, 3).
-    assert reward_at_kl([0.0, 1.0, 3.0, 5.0], [4.0, 2.0, 0.0, 6.0], 3.0, window=2) == 4.0
-    assert reward_at_kl([0.0, 1.0, 3.0, 5.0], [0.0, 2.0, 4.0, 6.0], 3.0, window=2) == 3.0
 
 
-def test_reward_at_kl_matches_the_reference():
+def test_window_means_closed_forms():
+    # Means of 2: KL (0, 1, 3, 5) → (0.5, 2, 4); reward (4, 2, 0, 6) → (3, 1, 3).
+    assert window_means([0.0, 1.0, 3.0, 5.0], 2).tolist() == [0.5, 2.0, 4.0]
+    assert window_means([4.0, 2.0, 0.0, 6.0], 2).tolist() == [3.0, 1.0, 3.0]
+    assert reward_at_kl(window_means([0, 1, 3, 5], 2), window_means([4, 2, 0, 6], 2), 3.0) == 3.0
+    assert window_means([1.0, 2.0, 3.0], 1).tolist() == [1.0, 2.0, 3.0]
+    assert window_means([1.0, 2.0, 6.0], 10).tolist() == [3.0]  # shorter: one mean of all
+
+
+def test_reward_at_kl_and_window_means_match_the_references():
     rng = np.random.default_rng(1)
     for _ in range(50):
         n = int(rng.integers(1, 30))
@@ -131,12 +140,15 @@ def test_reward_at_kl_matches_the_reference():
         reward = rng.normal(size=n)
         target = float(rng.uniform(-0.5, 2.0))
         window = int(rng.integers(1, 6))
-        got = reward_at_kl(kl, reward, target, window=window)
-        want = reward_at_kl_reference(kl.tolist(), reward.tolist(), target, window)
+        got = window_means(kl, window)
+        want = window_means_reference(kl.tolist(), window)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        got = reward_at_kl(kl, reward, target)
+        want = reward_at_kl_reference(kl.tolist(), reward.tolist(), target)
         if math.isnan(want):
             assert math.isnan(got)
         else:
-            assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+            assert got == want
 
 
 @pytest.mark.parametrize(
@@ -144,10 +156,16 @@ def test_reward_at_kl_matches_the_reference():
     [
         ({"kl_P": [0.0, 1.0], "reward_P": [0.0], "kl": 0.5}, "reward_P"),
         ({"kl_P": [0.0, np.nan], "reward_P": [0.0, 1.0], "kl": 0.5}, "kl_P"),
-        ({"kl_P": [0.0, 1.0], "reward_P": [0.0, 1.0], "kl": 0.5, "window": 0}, "window"),
         ({"kl_P": [0.0, 1.0], "reward_P": [0.0, 1.0], "kl": np.inf}, "kl="),
     ],
 )
 def test_reward_at_kl_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         reward_at_kl(**kwargs)
+
+
+def test_window_means_bad_input():
+    with pytest.raises(ValueError, match="window=0"):
+        window_means([1.0, 2.0], 0)
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        window_means([], 3)

@@ -36,7 +36,7 @@ from rlhf_jax.evaluation.frontier import (
     points_from_history,
     reward_at_kl,
 )
-from rlhf_jax.evaluation.history import HistoryKeys, column
+from rlhf_jax.evaluation.history import HistoryKeys, column, window_means
 from rlhf_jax.evaluation.monitors import (
     MONITORS,
     STATS_KEYS,
@@ -106,5 +106,6 @@ __all__ = [
     "spearman",
     "wilson_interval",
     "win_rate",
+    "window_means",
     "write_report",
 ]

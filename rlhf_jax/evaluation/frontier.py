@@ -103,27 +103,16 @@ def frontier(points: Iterable[FrontierPoint], *, reward: str = "gold") -> list[F
     return [usable[i] for i in idx]
 
 
-def reward_at_kl(kl_P, reward_P, kl: float, *, window: int = 1) -> float:
-    """The most reward a run reached within a KL budget: its KL–reward frontier read at ``kl``.
-
-    Both columns (points in run order) are first smoothed by a trailing mean over ``window``
-    points (point i averages points max(0, i − window + 1) … i), since per-iteration estimates
-    are noisy; the result is max{ r̄_i : KL̄_i ≤ kl }, NaN when no smoothed point is within
-    ``kl``. A run whose KL plateaus while its reward still rises is read at its best point
-    below the budget, not where its KL first crossed it.
+def reward_at_kl(kl_P, reward_P, kl: float) -> float:
+    """The most reward a run reached within a KL budget: its KL–reward frontier read at ``kl``,
+    max{ reward_i : KL_i ≤ kl }, NaN when no point is within ``kl``. A run whose KL plateaus
+    while its reward still rises is read at its best point below the budget, not where its KL
+    first crossed it. Per-iteration points are noisy: pass `history.window_means` of both.
     """
     kls = as_vector(kl_P, "kl_P")
     rewards = as_vector(reward_P, "reward_P")
     same_length(kl_P=kls, reward_P=rewards)
-    if window < 1:
-        raise ValueError(f"window={window}; expected >= 1")
     if not math.isfinite(kl):
         raise ValueError(f"kl={kl}; expected a finite number")
-    hi = np.arange(1, len(kls) + 1)
-    lo = np.maximum(hi - window, 0)
-
-    def trailing_mean(x):  # slice by slice: exact for window 1, no cumulative rounding
-        return np.array([x[a:b].mean() for a, b in zip(lo, hi, strict=True)])
-
-    within = trailing_mean(kls) <= kl
-    return float(trailing_mean(rewards)[within].max()) if within.any() else math.nan
+    within = kls <= kl
+    return float(rewards[within].max()) if within.any() else math.nan

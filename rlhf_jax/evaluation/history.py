@@ -56,3 +56,15 @@ def iterations(history: Sequence[Mapping], keys: HistoryKeys = DEFAULT_KEYS) -> 
 def has(history: Sequence[Mapping], key: str) -> bool:
     """Whether any row holds a finite value for ``key``."""
     return bool(np.any(np.isfinite(column(history, key))))
+
+
+def window_means(x, window: int) -> np.ndarray:
+    """Means of every ``window`` consecutive values of ``x`` (whole windows only, so
+    len(x) − window + 1 of them), float64; one mean of all of ``x`` when it is shorter."""
+    x = np.asarray(x, np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"x must be a non-empty 1-D array; got shape {x.shape}")
+    if window < 1:
+        raise ValueError(f"window={window}; expected >= 1")
+    w = min(window, x.size)
+    return np.array([x[i : i + w].mean() for i in range(x.size - w + 1)])

@@ -42,7 +42,7 @@ def default_red_team_prompts(task: SyntheticTask) -> list[str]:
 
 def _smoothed(history, key, window: int = 10) -> np.ndarray:
     x = np.array([row[key] for row in history], np.float64)
-    return np.convolve(x, np.ones(window) / window, mode="valid") if len(x) >= window else x
+    return ev.window_means(x, window) if len(x) >= window else x
 
 
 def _equal_kl(histories: dict) -> dict:

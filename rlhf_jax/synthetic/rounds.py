@@ -61,7 +61,7 @@ def run_rounds(pipeline) -> dict:
     for r in range(2, it.rounds + 1):
         d = root / f"round_{r}"
         fresh = pipeline.task.prompts(offset + (r - 1) * n, split="train")[offset + (r - 2) * n :]
-        prompts = fresh + [p for p in regressions if p not in set(fresh)]
+        prompts = _plus(fresh, regressions)
         data = d / "preferences.jsonl"
         if not (d / "preferences" / "DONE").exists():
             collect.collect_preferences(
@@ -88,7 +88,7 @@ def run_rounds(pipeline) -> dict:
         rl_prompts = prompts
         if it.rl_prompts == "train":
             train = pipeline.task.prompts(c.train.ppo.prompts, split="train")  # round 1's
-            rl_prompts = train + [p for p in regressions if p not in set(train)]
+            rl_prompts = _plus(train, regressions)
         out = pipeline.run_rl(
             str(d / "ppo"), rl_stage, c.ppo,
             reward=_source(pipeline, reward_dir / "artifact"),
@@ -110,6 +110,19 @@ def run_rounds(pipeline) -> dict:
     return summary
 
 
+def _plus(prompts: list[str], more: list[str]) -> list[str]:
+    """``prompts`` then those of ``more`` not among them."""
+    seen = set(prompts)
+    return prompts + [p for p in more if p not in seen]
+
+
+def round_dirs(run_dir) -> list[tuple[int, pathlib.Path]]:
+    """(r, ``<run_dir>/rounds/round_<r>``) of every round directory there is, by round number
+    (round 1's holds its probe and statistics; its training is the pipeline's own)."""
+    dirs = pathlib.Path(run_dir).glob("rounds/round_*")
+    return sorted((int(d.name.removeprefix("round_")), d) for d in dirs if d.is_dir())
+
+
 def trajectory(run_dir) -> list[dict]:
     """A pipeline run's PPO history across its rounds: round 1's ``ppo/history.jsonl``, then
     each later round's, every row with its ``round`` and ``iteration`` counted across rounds."""
@@ -117,10 +130,9 @@ def trajectory(run_dir) -> list[dict]:
     first = root / "ppo" / "history.jsonl"
     if not first.exists():
         raise ValueError(f"{first} does not exist: {root} has no PPO history")
-    later = {int(p.parent.parent.name.removeprefix("round_")): p
-             for p in (root / "rounds").glob("round_*/ppo/history.jsonl")}  # fmt: skip
+    later = [(r, d / "ppo" / "history.jsonl") for r, d in round_dirs(root) if r > 1]
     rows = []
-    for r, path in [(1, first), *sorted(later.items())]:
+    for r, path in [(1, first), *[(r, p) for r, p in later if p.exists()]]:
         for line in path.read_text().splitlines():
             if line.strip():
                 rows.append({**json.loads(line), "round": r, "iteration": len(rows)})
@@ -150,8 +162,7 @@ def matched_kl(iterated_dir, one_round_dir, *, window: int = 10) -> dict:
         kl, gold = ev.column(rows, keys.kl), ev.column(rows, keys.gold)
         if not (np.isfinite(kl).all() and np.isfinite(gold).all()):
             raise ValueError(f"{run_dir}: its PPO history lacks KL or gold on some iterations")
-        w = min(window, len(rows))
-        kl_w, gold_w = (np.convolve(x, np.ones(w) / w, mode="valid") for x in (kl, gold))
+        kl_w, gold_w = ev.window_means(kl, window), ev.window_means(gold, window)
         peak = int(np.argmax(gold_w))
         out[name] = {"iterations": len(rows), "kl": float(kl_w[-1]), "gold": float(gold_w[-1]),
                      "peak_gold": float(gold_w[peak]), "kl_at_peak": float(kl_w[peak])}  # fmt: skip
